@@ -1,0 +1,108 @@
+"""Starting, reaching and stopping the Thespian actor system, kept on loopback.
+
+Thespian's TCP transport addresses actors by the machine's external interface
+unless ``THESPIAN_BASE_IPADDR`` is set, and binds every listener (admin and each
+actor) to all interfaces even when it is set. It has no authentication and
+unpickles what it receives, so a reachable actor port is remote code execution.
+``restrict_to_loopback()`` fixes both in this process before the system starts;
+actor processes are forked from it and inherit the patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from .errors import ActorSystemInUse
+
+__all__ = [
+    "restrict_to_loopback",
+    "port_in_use",
+    "start_system",
+    "shutdown_system",
+    "system_capabilities",
+]
+
+log = logging.getLogger("sessionactors.actorsystem")
+
+_PATCHED = False
+
+
+def restrict_to_loopback(ip: str = "127.0.0.1", multi_host: bool = False) -> None:
+    """Make Thespian address actors by ``ip`` and bind its listeners to it (not 0.0.0.0).
+
+    With ``multi_host`` only the address is set: listeners must then be reachable
+    by the other hosts, and docs/security.md says what protects them.
+    """
+    global _PATCHED
+    os.environ["THESPIAN_BASE_IPADDR"] = ip
+    if multi_host or _PATCHED:
+        return
+    from thespian.system.transport import IPBase  # type: ignore[import-untyped]
+
+    original_init = IPBase.IPActorAddress.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        # Thespian binds "external" addresses to ('', port): all interfaces.
+        if self.bindname and self.bindname[0] == "":
+            self.bindname = (ip, self.bindname[1])
+
+    IPBase.IPActorAddress.__init__ = __init__
+    _PATCHED = True
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def system_capabilities(admin_port: int) -> dict[str, Any]:
+    """Capabilities for a private actor system on ``admin_port``."""
+    return {"Admin Port": admin_port, "Process Startup Method": "fork"}
+
+
+def start_system(
+    base: str, admin_port: int, ip: str = "127.0.0.1", multi_host: bool = False, log_level: str = "warning"
+) -> Any:
+    """Start a new actor system; refuse to join one that is already there.
+
+    Thespian's ``ActorSystem(base, {'Admin Port': N})`` silently *joins* an admin
+    already listening on N; a second daemon must never do that.
+    """
+    from thespian.actors import ActorSystem  # type: ignore[import-untyped]
+
+    if base == "simpleSystemBase":
+        return ActorSystem("simpleSystemBase", transientUnique=True)
+    restrict_to_loopback(ip, multi_host)
+    if port_in_use(admin_port, ip):
+        raise ActorSystemInUse(
+            f"admin port {admin_port} is already taken (a leftover actor system or another daemon); "
+            f"stop it or choose another admin_port"
+        )
+    logcfg = {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        # Actor processes log through Thespian's logger process, which inherits our stderr.
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "root": {"handlers": ["stderr"], "level": log_level.upper()},
+    }
+    return ActorSystem(base, system_capabilities(admin_port), logDefs=logcfg, transientUnique=True)
+
+
+def shutdown_system(asys: Any, admin_port: int | None = None, timeout: float = 15.0) -> None:
+    """Shut the system down and wait until its admin port is free."""
+    try:
+        asys.shutdown()
+    except Exception:  # a failing shutdown must not hide the wait below
+        log.exception("actor system shutdown failed")
+    if admin_port is None:
+        return
+    deadline = time.monotonic() + timeout
+    while port_in_use(admin_port) and time.monotonic() < deadline:
+        time.sleep(0.05)

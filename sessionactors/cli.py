@@ -1,0 +1,236 @@
+"""The ``sessionactors`` command: serve, start, stop, status, sessions.
+
+``serve`` runs the daemon in the foreground; ``start`` runs the same as a
+detached process (pid and log under ``<data_dir>/run``) and returns once
+``/api/health`` answers; ``stop`` ends it and waits; ``status`` and ``sessions``
+ask the running daemon (admin token) or, when none runs, read the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+from .config import Config, load_config
+from .daemon import Daemon, health_ok, pid_alive, read_state
+from .errors import SessionActorsError
+
+__all__ = ["main", "build_parser"]
+
+_FLAGS = {
+    "host": "host",
+    "port": "port",
+    "data_dir": "data_dir",
+    "close_delay": "close_delay",
+    "github_api_url": "github_api_url",
+    "admin_port": "admin_port",
+    "runtime": "runtime",
+    "log_level": "log_level",
+}
+
+
+def _common(p: argparse.ArgumentParser, serving: bool) -> None:
+    p.add_argument("--data-dir", help="where everything is stored (default: per-user data dir)")
+    p.add_argument("--config", help="TOML configuration file")
+    if serving:
+        p.add_argument("--host", help="address to serve on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port to serve on (default 3000)")
+        p.add_argument("--close-delay", type=float, help="seconds before an unattended session passivates")
+        p.add_argument("--github-api-url", help="GitHub REST API base used to verify github_token")
+        p.add_argument("--admin-port", type=int, help="Thespian admin port (default 19500)")
+        p.add_argument("--runtime", help="runtime name (local, echo, or an installed plugin)")
+        p.add_argument("--log-level", help="debug, info, warning or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sessionactors", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the daemon in the foreground"), ("start", "run the daemon detached")):
+        _common(sub.add_parser(name, help=text), serving=True)
+    for name, text in (("stop", "stop the running daemon"), ("status", "show the daemon and its sessions")):
+        _common(sub.add_parser(name, help=text), serving=False)
+    sessions = sub.add_parser("sessions", help="list, show or delete sessions")
+    _common(sessions, serving=False)
+    sessions.add_argument("action", choices=["list", "show", "delete"])
+    sessions.add_argument("session_id", nargs="?")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    flags = {key: getattr(args, attr, None) for attr, key in _FLAGS.items()}
+    return load_config(args.config, flags)
+
+
+def _serve(cfg: Config) -> int:
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.require_github:
+        logging.getLogger("sessionactors").warning(
+            "serving on %s without require_github: anyone who can reach it can create sessions", cfg.host
+        )
+    return Daemon(cfg).run()
+
+
+def _start(cfg: Config, argv: list[str]) -> int:
+    state = read_state(cfg)
+    if state and pid_alive(int(state["pid"])):
+        print(f"already running (pid {state['pid']})", file=sys.stderr)
+        return 1
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cfg.run_dir / "daemon.log"
+    serve_argv = [sys.executable, "-m", "sessionactors.cli", "serve", *argv]
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            serve_argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while not health_ok(cfg.host, cfg.port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print(f"the daemon did not start; see {log_path}", file=sys.stderr)
+            if proc.poll() is None:
+                proc.terminate()
+            return 1
+        time.sleep(0.1)
+    print(f"sessionactors running on http://{cfg.host}:{cfg.port} (pid {proc.pid}, log {log_path})")
+    return 0
+
+
+def _stop(cfg: Config) -> int:
+    state = read_state(cfg)
+    if not state or not pid_alive(int(state["pid"])):
+        print("not running")
+        return 0
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            print(f"daemon (pid {pid}) did not stop within 60 s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"stopped (pid {pid})")
+    return 0
+
+
+def _admin_get(cfg: Config, state: dict[str, Any], path: str, method: str = "GET") -> Any:
+    token = (cfg.run_dir / "admin.token").read_text().strip()
+    req = urllib.request.Request(
+        f"http://{state['host']}:{state['port']}{path}", method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _sessions(cfg: Config) -> tuple[bool, list[dict[str, Any]]]:
+    """(daemon running, session infos): from the daemon, else from the store."""
+    state = read_state(cfg)
+    if state and pid_alive(int(state["pid"])):
+        return True, _admin_get(cfg, state, "/api/admin/sessions")
+    from .store import open_store
+
+    if not (cfg.data_dir / "sessionactors.db").exists():
+        return False, []
+    store = open_store(cfg.data_dir)
+    try:
+        return False, [
+            {
+                "session_id": r.session_id,
+                "state": "passivated" if r.state == "live" else r.state,
+                "connections": 0,
+                "last_event_id": store.last_event_id(r.session_id),
+                "owner_login": r.owner_login,
+                "last_active": r.last_active,
+            }
+            for r in store.list_sessions()
+        ]
+    finally:
+        store.close()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'SESSION':32}  {'STATE':10}  {'CONNS':>5}  {'EVENTS':>7}  {'OWNER':12}  LAST ACTIVE"
+    lines = [head]
+    for r in rows:
+        when = datetime.fromtimestamp(r.get("last_active") or 0).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(
+            f"{r['session_id']:32}  {r['state']:10}  {r['connections']:>5}  {r['last_event_id'] + 1:>7}  "
+            f"{(r.get('owner_login') or '-'):12}  {when}"
+        )
+    return "\n".join(lines)
+
+
+def _status(cfg: Config) -> int:
+    running, rows = _sessions(cfg)
+    state = read_state(cfg) if running else None
+    if state:
+        print(f"daemon: running (pid {state['pid']}) on http://{state['host']}:{state['port']}")
+    else:
+        print(f"daemon: not running (data dir {cfg.data_dir})")
+    live = sum(1 for r in rows if r["state"] == "live")
+    print(f"sessions: {live} live, {len(rows) - live} other\n")
+    print(_table(rows))
+    return 0
+
+
+def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
+    if action == "list":
+        print(_table(_sessions(cfg)[1]))
+        return 0
+    if not session_id:
+        print(f"sessions {action} needs a session id", file=sys.stderr)
+        return 2
+    running, rows = _sessions(cfg)
+    match = [r for r in rows if r["session_id"] == session_id]
+    if not match:
+        print(f"no session {session_id}", file=sys.stderr)
+        return 1
+    if action == "show":
+        print(json.dumps(match[0], indent=2))
+        return 0
+    if running:
+        state = read_state(cfg) or {}
+        _admin_get(cfg, state, f"/api/admin/sessions/{session_id}", method="DELETE")
+    else:
+        import shutil
+
+        from .store import open_store
+
+        store = open_store(cfg.data_dir)
+        store.delete_session(session_id)
+        store.close()
+        shutil.rmtree(cfg.workspaces_dir / session_id, ignore_errors=True)
+    print(f"deleted {session_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+        if args.command == "serve":
+            return _serve(cfg)
+        if args.command == "start":
+            return _start(cfg, argv[1:])
+        if args.command == "stop":
+            return _stop(cfg)
+        if args.command == "status":
+            return _status(cfg)
+        return _sessions_cmd(cfg, args.action, args.session_id)
+    except SessionActorsError as exc:
+        print(f"sessionactors: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The daemon: an un-patched launcher that owns the actor system and the gateway process.
+
+Why two processes: eventlet's monkey-patching breaks a multiprocess Thespian
+system started from the patched process (measured: ``createActor`` hangs). So
+this process starts the actor system and the supervisor, then runs the gateway
+as a child process (``python -m sessionactors.gateway``), restarts it if it
+dies, and on SIGINT/SIGTERM stops it, asks the supervisor to stop every session
+cleanly (persist, stop runtimes), shuts the actor system down and ends any
+process of its own that is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .actorsystem import port_in_use, shutdown_system, start_system
+from .config import Config
+from .errors import ActorSystemInUse, DaemonError
+from .messages import Configure, Configured, Shutdown, ShutdownDone
+
+__all__ = ["Daemon", "read_state", "pid_alive", "descendants", "group_members", "listening_pid", "health_ok"]
+
+log = logging.getLogger("sessionactors.daemon")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(entry)[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``: the actor system's, since Thespian's admin setsid()s."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = _stat_fields(entry)
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid holding the TCP listener on ``port`` (from /proc/net/tcp), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{cols[9]}]")
+        except OSError:
+            continue
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when ``/api/health`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/api/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def read_state(cfg: Config) -> dict[str, Any] | None:
+    """What the running (or crashed) daemon wrote about itself, or None."""
+    try:
+        return dict(json.loads((cfg.run_dir / "daemon.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _kill(pids: list[int], grace: float = 3.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(pid_alive(p) for p in pids):
+            return
+
+
+class Daemon:
+    """Runs the actor system, the supervisor and the gateway until told to stop."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.asys: Any = None
+        self.supervisor: Any = None
+        self.bridge_path = ""
+        self.gateway_restarts = 0
+        self.actor_pgid = 0
+
+    # -- start-up ------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for d in (self.cfg.data_dir, self.cfg.run_dir, self.cfg.workspaces_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        path = self.cfg.run_dir / "bridge.sock"
+        if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+            path = Path(tempfile.mkdtemp(prefix="sa-")) / "bridge.sock"
+        self.bridge_path = str(path)
+
+    def _check_leftovers(self) -> None:
+        """Refuse to join, or reclaim, an actor system a crashed daemon left behind."""
+        state = read_state(self.cfg)
+        if state and pid_alive(int(state.get("pid", 0))) and int(state["pid"]) != os.getpid():
+            raise DaemonError(f"a daemon is already running for {self.cfg.data_dir} (pid {state['pid']})")
+        if not port_in_use(self.cfg.admin_port, self.cfg.actor_ip):
+            return
+        pgid = int((state or {}).get("actor_pgid") or 0)
+        holder = listening_pid(self.cfg.admin_port)
+        pids = group_members(pgid) if pgid > 1 else []
+        if not pids or holder not in pids:
+            raise ActorSystemInUse(
+                f"admin port {self.cfg.admin_port} is held by an actor system this data directory did not start"
+                f" (pid {holder}); stop it or set another admin_port"
+            )
+        log.warning("reclaiming a leftover actor system of a crashed daemon: pids %s", pids)
+        _kill(pids)
+        deadline = time.monotonic() + 10
+        while port_in_use(self.cfg.admin_port, self.cfg.actor_ip) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "host": self.cfg.host,
+            "port": self.cfg.port,
+            "admin_port": self.cfg.admin_port,
+            "actor_pgid": self.actor_pgid,
+            "started": time.time(),
+        }
+        tmp = self.cfg.run_dir / "daemon.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.cfg.run_dir / "daemon.json")
+
+    def _write_admin_token(self) -> None:
+        path = self.cfg.run_dir / "admin.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+
+    def start(self) -> None:
+        """Start the actor system, the supervisor and the gateway; return once healthy."""
+        from .supervisor import SUPERVISOR_NAME, SupervisorActor
+
+        self._prepare_dirs()
+        self._check_leftovers()
+        self.asys = start_system(
+            self.cfg.actor_base, self.cfg.admin_port, self.cfg.actor_ip, self.cfg.multi_host, self.cfg.log_level
+        )
+        admin_pid = listening_pid(self.cfg.admin_port)
+        self.actor_pgid = os.getpgid(admin_pid) if admin_pid else 0
+        self._reap()
+        self._write_state()
+        self._write_admin_token()
+        self.supervisor = self.asys.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
+        reply = self.asys.ask(self.supervisor, Configure(self.cfg.to_json(), self.bridge_path), 30)
+        if not isinstance(reply, Configured):
+            raise DaemonError(f"the supervisor did not start (answer: {reply!r})")
+        log.info("supervisor ready; %d stored session(s)", reply.sessions)
+        self._start_gateway()
+        deadline = time.monotonic() + 30
+        while not health_ok(self.cfg.host, self.cfg.port):
+            if self.gateway is not None and self.gateway.poll() is not None:
+                raise DaemonError(f"the gateway exited with code {self.gateway.returncode} (see the log)")
+            if time.monotonic() > deadline:
+                raise DaemonError("the gateway did not become healthy within 30 s")
+            time.sleep(0.05)
+        log.info("serving on http://%s:%d", self.cfg.host, self.cfg.port)
+
+    def _start_gateway(self) -> None:
+        env = dict(os.environ)
+        env["_SA_GATEWAY_CONFIG"] = self.cfg.to_json()
+        env["_SA_BRIDGE"] = self.bridge_path
+        self.gateway = subprocess.Popen([sys.executable, "-m", "sessionactors.gateway"], env=env)
+
+    # -- running -------------------------------------------------------------------
+    def _reap(self) -> None:
+        """Collect exited children other than the gateway (Thespian's admin start-up leaves one)."""
+        gateway_pid = self.gateway.pid if self.gateway is not None else None
+        for pid in descendants(os.getpid()):
+            if pid != gateway_pid:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def serve_forever(self) -> None:
+        """Watch the gateway (restart it when it dies) until SIGINT/SIGTERM."""
+        backoff = 0.1
+        while not self.stop_event.wait(0.2):
+            if self.gateway is not None and self.gateway.poll() is not None:
+                log.error("gateway exited with code %s; restarting it", self.gateway.returncode)
+                self.gateway_restarts += 1
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._start_gateway()
+            else:
+                backoff = 0.1
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- shutdown ------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the gateway, then every session, then the actor system; leave no process behind."""
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.terminate()
+            try:
+                self.gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait()
+        if self.asys is not None:
+            if self.supervisor is not None:
+                try:
+                    done = self.asys.ask(self.supervisor, Shutdown(), 30)
+                    if not isinstance(done, ShutdownDone):
+                        log.error("supervisor did not confirm shutdown: %r", done)
+                except Exception:
+                    log.exception("asking the supervisor to shut down failed")
+            leftover = set(descendants(os.getpid()))
+            if self.actor_pgid > 1:
+                leftover |= set(group_members(self.actor_pgid))
+            shutdown_system(self.asys, self.cfg.admin_port)
+            self.asys = None
+            alive = [p for p in leftover if pid_alive(p) and p != os.getpid()]
+            if alive:
+                log.warning("ending %d actor process(es) left after shutdown", len(alive))
+                _kill(alive)
+        for name in ("daemon.json", "admin.token"):
+            try:
+                (self.cfg.run_dir / name).unlink()
+            except OSError:
+                pass
+        if self.bridge_path and os.path.exists(self.bridge_path):
+            os.unlink(self.bridge_path)
+
+    def run(self) -> int:
+        """Foreground run: start, serve until a signal, stop. Returns the exit code."""
+        self.install_signal_handlers()
+        try:
+            self.start()
+            self.serve_forever()
+        finally:
+            self.stop()
+        return 0

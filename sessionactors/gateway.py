@@ -1,0 +1,376 @@
+"""The Socket.IO gateway: socket events in, actor frames out, and back.
+
+It runs in its own eventlet-patched process (``python -m sessionactors.gateway``,
+started and restarted by the daemon) because a patched process cannot host a
+multiprocess Thespian system. It holds no session state: only what delivering
+frames needs (which connection is routed to which session, the last event id
+each connection was sent, per-connection rate limits and pending INITs). The
+actors reach it over the bridge (``bridge.py``); it never speaks Thespian.
+"""
+
+from __future__ import annotations
+
+import eventlet
+
+eventlet.monkey_patch()
+
+import itertools  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import socketio  # noqa: E402
+from engineio import packet as eio_packet  # noqa: E402
+from eventlet.event import Event as GreenEvent  # noqa: E402
+from socketio import packet as sio_packet  # noqa: E402
+
+from .auth import GitHubVerifier, TokenSigner, load_allowlist, load_or_create_secrets  # noqa: E402
+from .bridge import FrameReader, encode  # noqa: E402
+from .config import Config  # noqa: E402
+from .errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from .protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
+
+__all__ = ["Gateway", "ActorLink", "main"]
+
+log = logging.getLogger("sessionactors.gateway")
+
+
+class ActorLink:
+    """The gateway's end of one actor's bridge connection (the supervisor or a session)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.role = "?"
+        self.session_id: str | None = None
+        self._lock = eventlet.semaphore.Semaphore()
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        try:
+            with self._lock:
+                self.sock.sendall(encode(frame))
+            return True
+        except OSError:
+            return False
+
+
+class _Bucket:
+    """Token bucket: the per-connection action rate limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Gateway:
+    """python-socketio server plus the routes between connections and actor links."""
+
+    def __init__(self, cfg: Config, signer: TokenSigner, verifier: GitHubVerifier | None) -> None:
+        self.cfg = cfg
+        self.signer = signer
+        self.verifier = verifier
+        cors: Any = list(cfg.cors_origins) if cfg.cors_origins else None
+        if cfg.cors_origins == ("*",):
+            cors = "*"
+        self.sio = socketio.Server(
+            async_mode="eventlet",
+            async_handlers=False,  # one connection's actions stay in the order they were sent
+            cors_allowed_origins=cors if cors is not None else [],
+            max_http_buffer_size=cfg.max_frame_bytes,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("oh_action", self.on_oh_action)
+        self.sio.on("disconnect", self.on_disconnect)
+        self.supervisor: ActorLink | None = None
+        self.session_links: dict[str, ActorLink] = {}
+        self.conn_session: dict[str, str] = {}
+        self.conn_last: dict[str, int] = {}
+        self.pending_init: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self.buckets: dict[str, _Bucket] = {}
+        self.replies: dict[int, GreenEvent] = {}
+        self._req = itertools.count(1)
+        self.counters: dict[str, int] = {"events_sent": 0, "slow_disconnects": 0}
+
+    # -- Socket.IO handlers ----------------------------------------------------------
+    def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        self.buckets[sid] = _Bucket(self.cfg.rate_limit, self.cfg.rate_burst)
+        return True
+
+    def on_disconnect(self, sid: str, *args: Any) -> None:
+        self.buckets.pop(sid, None)
+        self.conn_session.pop(sid, None)
+        self.conn_last.pop(sid, None)
+        self.pending_init.pop(sid, None)
+        if self.supervisor is not None:
+            self.supervisor.send({"t": "disconnect", "conn": sid})
+
+    def on_oh_action(self, sid: str, data: Any = None, *extra: Any) -> None:
+        bucket = self.buckets.get(sid)
+        if bucket is not None and not bucket.take():
+            self._error(sid, "Too many actions; slow down", 429)
+            return
+        if isinstance(data, dict) and data.get("action") == "initialize":
+            self._on_init(sid, data)
+            return
+        try:
+            action = parse_action(data, self.cfg.max_field_bytes)
+        except ActionError as exc:
+            self._error(sid, str(exc), 400)
+            return
+        pending = self.pending_init.get(sid)
+        if pending is not None:  # keep order: hold actions until the INIT is answered
+            pending[1].append(action)
+            return
+        self._route_action(sid, action)
+
+    def _route_action(self, sid: str, action: dict[str, Any]) -> None:
+        session_id = self.conn_session.get(sid)
+        if session_id is None:
+            self._error(sid, NOT_ATTACHED, 400)
+            return
+        frame = {"t": "action", "conn": sid, "session_id": session_id, "action": action}
+        link = self.session_links.get(session_id)
+        if link is not None and link.send(frame):
+            return
+        if self.supervisor is None or not self.supervisor.send(frame):  # the supervisor buffers it
+            self._error(sid, "Server not ready", 503)
+
+    def _on_init(self, sid: str, data: dict[str, Any]) -> None:
+        try:
+            req = parse_init(data, self.cfg.max_field_bytes)
+        except ActionError as exc:
+            self._error(sid, str(exc), 400)
+            return
+        session_id = user_id = login = None
+        try:
+            if req.token is not None:
+                session_id = self.signer.verify(req.token).session_id
+            if req.github_token is not None:
+                if self.verifier is None:
+                    raise AuthError("GitHub verification is not configured")
+                user = self.verifier.verify(req.github_token)
+                user_id, login = user.id, user.login
+            elif self.cfg.require_github:
+                self._error(sid, "GitHub token required", 401)
+                return
+        except InvalidToken as exc:
+            log.info("INIT from %s refused: invalid token (%s)", sid, exc.reason)
+            self._error(sid, "Invalid token", 401)
+            return
+        except AuthError as exc:
+            log.info("INIT from %s refused: %s", sid, exc)
+            self._error(sid, str(exc), exc.error_code)
+            return
+        if self.supervisor is None:
+            self._error(sid, "Server not ready", 503)
+            return
+        held = self.pending_init.get(sid, (0, []))[1]
+        self.pending_init[sid] = (req.latest_event_id, held)
+        self.supervisor.send(
+            {
+                "t": "init",
+                "conn": sid,
+                "session_id": session_id,
+                "user_id": user_id,
+                "user_login": login,
+                "args": req.args,
+                "latest_event_id": req.latest_event_id,
+            }
+        )
+
+    # -- frames from the actors ----------------------------------------------------------
+    def on_actor_frame(self, link: ActorLink, frame: dict[str, Any]) -> None:
+        kind = frame.get("t")
+        if kind == "emit":
+            self._deliver(link, frame["to"], frame["events"])
+        elif kind == "init_ok":
+            self._init_ok(frame["conn"], frame["session_id"], frame.get("token_version", 0))
+        elif kind == "detach":
+            self.conn_session.pop(frame["conn"], None)
+        elif kind == "reply":
+            waiter = self.replies.pop(frame["req"], None)
+            if waiter is not None:
+                waiter.send((frame["status"], frame["body"]))
+        elif kind == "hello":
+            link.role = frame.get("role", "?")
+            if link.role == "supervisor":
+                self.supervisor = link
+            elif link.role == "session":
+                link.session_id = frame["session_id"]
+                self.session_links[frame["session_id"]] = link
+                resume = frame.get("resume") or []
+                if resume:
+                    positions = {c: self.conn_last.get(c, -1) for c in resume if c in self.buckets}
+                    link.send({"t": "positions", "conns": positions})
+
+    def on_link_closed(self, link: ActorLink) -> None:
+        if link.role == "supervisor" and self.supervisor is link:
+            self.supervisor = None
+        elif link.session_id is not None and self.session_links.get(link.session_id) is link:
+            del self.session_links[link.session_id]
+
+    def _init_ok(self, conn: str, session_id: str, token_version: int) -> None:
+        latest, held = self.pending_init.pop(conn, (-1, []))
+        if conn not in self.buckets:
+            return
+        self.conn_session[conn] = session_id
+        self.conn_last[conn] = latest
+        token = self.signer.issue(session_id, token_version)
+        self._emit_one(conn, {"status": "ok", "token": token, "session_id": session_id})
+        for action in held:
+            self._route_action(conn, action)
+
+    def _deliver(self, link: ActorLink, conns: list[str], payloads: list[dict[str, Any]]) -> None:
+        for payload in payloads:
+            event_id = payload.get("id")
+            stored = isinstance(event_id, int) and not isinstance(event_id, bool)
+            targets = []
+            for conn in conns:
+                if conn not in self.buckets:
+                    continue
+                if stored:
+                    if link.role == "session" and self.conn_session.get(conn) != link.session_id:
+                        continue  # the connection moved to another session
+                    if event_id <= self.conn_last.get(conn, -1):
+                        continue  # already sent: never twice
+                    self.conn_last[conn] = event_id
+                elif "error" in payload and conn in self.pending_init:
+                    self._init_failed(conn)
+                targets.append(conn)
+            if targets:
+                self._emit_many(targets, payload)
+
+    def _init_failed(self, conn: str) -> None:
+        _, held = self.pending_init.pop(conn, (-1, []))
+        for _action in held:
+            if conn in self.conn_session:
+                self._route_action(conn, _action)
+            else:
+                self._error(conn, NOT_ATTACHED, 400)
+
+    def _emit_many(self, conns: list[str], payload: dict[str, Any]) -> None:
+        """Encode once, queue to every connection; drop a connection whose queue is full."""
+        pkt = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=["oh_event", payload])
+        encoded = pkt.encode()
+        eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
+        for conn in conns:
+            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+            if sock is None:
+                continue
+            if sock.queue.qsize() > self.cfg.send_buffer:
+                self._drop_slow(conn)
+                continue
+            for p in eio_pkts:
+                self.sio.eio.send_packet(eio_sid, p)
+            self.counters["events_sent"] += 1
+
+    def _emit_one(self, conn: str, payload: dict[str, Any]) -> None:
+        self._emit_many([conn], payload)
+
+    def _drop_slow(self, conn: str) -> None:
+        log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
+        self.counters["slow_disconnects"] += 1
+        self.buckets.pop(conn, None)  # no more frames for it
+        eventlet.spawn_n(self.sio.disconnect, conn)
+
+    def _error(self, conn: str, message: str, code: int) -> None:
+        self._emit_one(conn, error_frame(message, code))
+
+    # -- queries (REST) ------------------------------------------------------------------
+    def query(self, op: str, session_id: str | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """Ask the supervisor over the bridge; (503, ...) when it does not answer."""
+        if self.supervisor is None:
+            return 503, {"error": "supervisor unreachable"}
+        req = next(self._req)
+        waiter = GreenEvent()
+        self.replies[req] = waiter
+        if not self.supervisor.send({"t": "query", "op": op, "session_id": session_id, "req": req}):
+            self.replies.pop(req, None)
+            return 503, {"error": "supervisor unreachable"}
+        result = waiter.wait(timeout)
+        if result is None:
+            self.replies.pop(req, None)
+            return 503, {"error": "supervisor did not answer"}
+        status, body = result
+        return status, body
+
+    # -- the bridge listener ---------------------------------------------------------------
+    def serve_bridge(self, path: str) -> Any:
+        """Listen for actor links on a Unix socket only this user can open."""
+        if os.path.exists(path):
+            os.unlink(path)
+        listener = eventlet.listen(path, family=socket.AF_UNIX)
+        os.chmod(path, 0o600)
+        return eventlet.spawn(self._accept_links, listener)
+
+    def _accept_links(self, listener: Any) -> None:
+        while True:
+            sock, _ = listener.accept()
+            eventlet.spawn_n(self._read_link, ActorLink(sock))
+
+    def _read_link(self, link: ActorLink) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = link.sock.recv(1 << 16)
+                if not data:
+                    break
+                for frame in reader.feed(data):
+                    try:
+                        self.on_actor_frame(link, frame)
+                    except Exception:
+                        log.exception("gateway: bad frame from %s link", link.role)
+        except OSError:
+            pass
+        finally:
+            self.on_link_closed(link)
+            link.sock.close()
+
+
+def build(cfg: Config) -> tuple[Gateway, Any]:
+    """The gateway and its WSGI application (Socket.IO plus the REST API)."""
+    from .rest import RestApp
+
+    secrets = load_or_create_secrets(cfg.data_dir, cfg.token_secret)
+    signer = TokenSigner(secrets, ttl=cfg.token_ttl)
+    allowlist = load_allowlist(cfg.github_allowlist) if cfg.github_allowlist else None
+    verifier = GitHubVerifier(
+        cfg.github_api_url, timeout=cfg.github_timeout, cache_ttl=cfg.github_cache_ttl, allowlist=allowlist
+    )
+    gateway = Gateway(cfg, signer, verifier)
+    app = socketio.WSGIApp(gateway.sio, RestApp(gateway, cfg))
+    return gateway, app
+
+
+def main() -> None:
+    """Entry point of the gateway process (started by the daemon, never by hand)."""
+    import eventlet.wsgi
+
+    cfg = Config.from_json(os.environ["_SA_GATEWAY_CONFIG"])
+    bridge_path = os.environ["_SA_BRIDGE"]
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    gateway, app = build(cfg)
+    gateway.serve_bridge(bridge_path)
+    listener = eventlet.listen((cfg.host, cfg.port), reuse_addr=True, backlog=1024)
+    log.info("gateway listening on http://%s:%d", cfg.host, listener.getsockname()[1])
+    eventlet.wsgi.server(listener, app, log_output=False, max_size=10000, socket_timeout=None)
+
+
+if __name__ == "__main__":
+    main()

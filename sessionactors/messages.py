@@ -1,0 +1,193 @@
+"""Messages between the actors (Thespian ``send``): frozen, picklable, module level.
+
+Each docstring names the sender and the receiver. The gateway does not speak
+Thespian: its frames travel over the bridge (``bridge.py``) and are turned into
+the *same* messages on arrival (``Init``, ``Detach``, ``Action``...), so the
+actors' logic is one code path whichever way a request came in. Tests on
+``simpleSystemBase`` send these messages directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Configure",
+    "Configured",
+    "Init",
+    "Disconnect",
+    "Action",
+    "Activate",
+    "Activated",
+    "Attach",
+    "Detach",
+    "Passivated",
+    "AttachFailed",
+    "Bounced",
+    "Query",
+    "QueryReply",
+    "Shutdown",
+    "ShutdownDone",
+    "Frame",
+]
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Launcher -> supervisor, and supervisor -> each new session actor: the settings.
+
+    ``config_json`` is ``Config.to_json()``; ``bridge_path`` is the gateway's bridge
+    socket (None: frames go to ``frames_to`` as ``Frame`` messages instead, which
+    is how tests on simpleSystemBase observe them).
+    """
+
+    config_json: str
+    bridge_path: str | None = None
+    frames_to: Any = None
+
+
+@dataclass(frozen=True)
+class Configured:
+    """Supervisor -> launcher: configuration applied, ready for INITs."""
+
+    sessions: int = 0
+
+
+@dataclass(frozen=True)
+class Init:
+    """Gateway (over the bridge) or a test -> supervisor: attach ``conn_id`` to a session.
+
+    ``session_id`` None creates a new session. ``user_id``/``user_login`` are the
+    verified GitHub identity, if any. The answer goes to the connection through
+    the session's frames (INIT ok, replay, live) or an error frame.
+    """
+
+    conn_id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    user_login: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    latest_event_id: int = -1
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Gateway -> supervisor: a connection closed."""
+
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """Gateway -> session actor (directly over its link, or via the supervisor): a validated action."""
+
+    conn_id: str
+    session_id: str
+    action: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Activate:
+    """Supervisor -> session actor (fresh or pooled): become session ``session_id``.
+
+    ``resume`` lists the connections to re-attach after a crash restart (their
+    positions are asked from the gateway so that nothing is replayed twice).
+    """
+
+    session_id: str
+    incarnation: int
+    created: bool = False
+    resume: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Supervisor -> session actor: attach a connection and answer its INIT."""
+
+    conn_id: str
+    latest_event_id: int = -1
+    token_version: int = 0
+
+
+@dataclass(frozen=True)
+class Detach:
+    """Supervisor -> session actor: a connection left (disconnect or second INIT)."""
+
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Passivated:
+    """Session actor -> supervisor: I persisted, stopped my runtime and will exit."""
+
+    session_id: str
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class Activated:
+    """Session actor -> supervisor: incarnation ``incarnation`` runs in process ``pid``."""
+
+    session_id: str
+    incarnation: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class AttachFailed:
+    """Session actor -> supervisor: an Attach could not complete (runtime start failed)."""
+
+    session_id: str
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Bounced:
+    """Session actor -> supervisor: a message that reached me after I passivated.
+
+    The supervisor buffers it for the next incarnation (nothing is lost).
+    """
+
+    session_id: str
+    message: Any
+
+
+@dataclass(frozen=True)
+class Query:
+    """Launcher/CLI/gateway -> supervisor: ask about sessions.
+
+    ``op``: ``ping``, ``info`` (one session), ``list`` (all), ``delete``.
+    """
+
+    op: str
+    session_id: str | None = None
+    req: int = 0
+
+
+@dataclass(frozen=True)
+class QueryReply:
+    """Supervisor -> asker: the answer to a Query (``body`` is JSON-able)."""
+
+    req: int
+    status: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Launcher -> supervisor: stop every session cleanly (persist, stop runtimes), then reply."""
+
+
+@dataclass(frozen=True)
+class ShutdownDone:
+    """Supervisor -> launcher: every session actor has stopped."""
+
+    sessions: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Session/supervisor -> frames_to (tests only): one bridge frame, as the gateway would get it."""
+
+    frame: dict[str, Any]

@@ -1,0 +1,139 @@
+"""The HTTP API served on the Socket.IO port (WSGI; python-socketio's ``WSGIApp`` routes to it).
+
+Session routes take the session token as ``Authorization: Bearer <token>``; a
+session bound to a GitHub user also needs that user's ``X-GitHub-Token``. The
+administrative routes (used by ``sessionactors status`` and ``sessions``) take the
+admin token the daemon writes to ``<data_dir>/run/admin.token`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qs
+
+from .config import Config
+from .errors import AuthError, Forbidden, InvalidToken
+from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["RestApp"]
+
+log = logging.getLogger("sessionactors.rest")
+
+_SESSION = re.compile(r"^/api/sessions/([0-9a-f]{1,64})(/events)?/?$")
+_ADMIN_SESSION = re.compile(r"^/api/admin/sessions/([0-9a-f]{1,64})/?$")
+_STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
+           404: "404 Not Found", 405: "405 Method Not Allowed", 503: "503 Service Unavailable",
+           500: "500 Internal Server Error"}  # fmt: skip
+
+StartResponse = Callable[..., Any]
+
+
+class RestApp:
+    """WSGI application for everything that is not Socket.IO."""
+
+    def __init__(self, gateway: Gateway, cfg: Config) -> None:
+        self.gateway = gateway
+        self.cfg = cfg
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        return self._store
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            status, body = self.route(method, path, environ)
+        except Exception:
+            log.exception("REST %s %s failed", method, path)
+            status, body = 500, {"error": "internal error"}
+        data = json.dumps(body).encode()
+        start_response(
+            _STATUS.get(status, f"{status} Error"),
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")],
+        )
+        return [data]
+
+    def route(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        if path == "/api/health":
+            status, _ = self.gateway.query("ping", timeout=2.0)
+            return (200, {"status": "ok"}) if status == 200 else (503, {"status": "unavailable"})
+        if path.startswith("/api/admin/"):
+            if not self._is_admin(environ):
+                return 401, {"error": "admin token required"}
+            if path == "/api/admin/sessions" and method == "GET":
+                return self.gateway.query("list")
+            admin = _ADMIN_SESSION.match(path)
+            if admin is not None and method == "DELETE":
+                return self.gateway.query("delete", admin.group(1))
+            return 404, {"error": "not found"}
+        match = _SESSION.match(path)
+        if match is None:
+            return 404, {"error": "not found"}
+        session_id, events = match.group(1), match.group(2)
+        if events and method != "GET" or not events and method not in ("GET", "DELETE"):
+            return 405, {"error": "method not allowed"}
+        status, info = self._authorize(session_id, environ)
+        if status != 200:
+            return status, info
+        if events:
+            return self._events(session_id, environ)
+        if method == "DELETE":
+            return self.gateway.query("delete", session_id)
+        keys = ("session_id", "state", "connections", "last_event_id")
+        return 200, {k: info[k] for k in keys}
+
+    def _authorize(self, session_id: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if not auth.startswith("Bearer "):
+            return 401, {"error": "Invalid token"}
+        try:
+            claims = self.gateway.signer.verify(auth[len("Bearer ") :].strip())
+        except InvalidToken:
+            return 401, {"error": "Invalid token"}
+        if claims.session_id != session_id:
+            return 401, {"error": "Invalid token"}
+        status, info = self.gateway.query("info", session_id)
+        if status != 200:
+            return status, info
+        if info.get("owner") is not None:
+            github_token = environ.get("HTTP_X_GITHUB_TOKEN")
+            try:
+                if not github_token or self.gateway.verifier is None:
+                    raise Forbidden("no GitHub identity")
+                user = self.gateway.verifier.verify(github_token)
+                if user.id != info["owner"]:
+                    raise Forbidden("another user")
+            except AuthError as exc:
+                return exc.error_code, {"error": str(exc)}
+        return 200, info
+
+    def _events(self, session_id: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            start_id = int(query.get("start_id", ["0"])[0])
+            limit = int(query.get("limit", ["1000"])[0])
+        except ValueError:
+            return 400, {"error": "start_id and limit must be integers"}
+        if start_id < 0 or not 1 <= limit <= 10000:
+            return 400, {"error": "start_id must be >= 0 and limit between 1 and 10000"}
+        return 200, self.store.read(session_id, start_id, limit)
+
+    def _is_admin(self, environ: dict[str, Any]) -> bool:
+        try:
+            expected = (self.cfg.run_dir / "admin.token").read_text().strip()
+        except OSError:
+            return False
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        return bool(expected) and hmac.compare_digest(auth, f"Bearer {expected}")

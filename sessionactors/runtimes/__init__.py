@@ -1,0 +1,1 @@
+"""Built-in runtimes: ``echo`` (in-process, for tests and benchmarks) and ``local`` (bash)."""

@@ -1,0 +1,94 @@
+"""The echo runtime: an in-process stand-in sandbox for tests and benchmarks.
+
+``run`` answers with the command text as output (exit code 0), except
+``sleep N`` which keeps the runtime busy for N seconds (deadline-driven, no
+thread, so it works on every Thespian base) and ``fail`` which exits 1;
+``write``/``read`` use an in-memory file table that survives passivation
+through ``state()``; ``message`` gets no reaction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import ActionError, PathEscape
+from ..runtime import Output, Runtime, Status, error_observation, observation
+
+__all__ = ["EchoRuntime"]
+
+
+class EchoRuntime(Runtime):
+    """Answers actions from memory; what tests use when no shell is needed."""
+
+    name = "echo"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._files: dict[str, str] = dict(ctx.state.get("files", {}))
+        self._pending: tuple[float, dict[str, Any]] | None = None
+        self._started = False
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def start(self) -> list[Output]:
+        if self.ctx.options.get("fail_start"):
+            from ..errors import RuntimeStartError
+
+            raise RuntimeStartError("echo runtime configured to fail at start")
+        self._started = True
+        return [Status("STATUS$RUNTIME_STARTED", "Runtime started")]
+
+    def validate(self, action: dict[str, Any]) -> None:
+        super().validate(action)
+        args = action["args"]
+        if action["action"] in ("read", "write"):
+            path = args["path"]
+            if path.startswith("/") or ".." in path.split("/"):
+                raise PathEscape(f"path {path!r} is outside the workspace")
+        if action["action"] == "run" and not args["command"].strip():
+            raise ActionError("'command' must not be empty")
+
+    def begin(self, action_event: dict[str, Any]) -> list[Output]:
+        name = action_event["action"]
+        args = action_event["args"]
+        cause = action_event["id"]
+        if name == "run":
+            command = args["command"]
+            parts = command.split()
+            if parts[0] == "sleep" and len(parts) == 2:
+                timeout = args.get("timeout")
+                seconds = float(parts[1])
+                if timeout is not None and timeout < seconds:
+                    seconds = float(timeout)
+                self._pending = (time.monotonic() + seconds, action_event)
+                return []
+            exit_code = 1 if command == "fail" else 0
+            return [observation("run", command + "\n", cause, {"command": command, "exit_code": exit_code})]
+        if name == "write":
+            self._files[args["path"]] = args["content"]
+            return [observation("write", "", cause, {"path": args["path"]})]
+        if name == "read":
+            if args["path"] not in self._files:
+                return [error_observation(f"No such file: {args['path']}", cause)]
+            return [observation("read", self._files[args["path"]], cause, {"path": args["path"]})]
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self._pending[0] if self._pending else None
+
+    def poll(self, ready: list[int]) -> list[Output]:
+        if self._pending is None or time.monotonic() < self._pending[0]:
+            return []
+        _, event = self._pending
+        self._pending = None
+        command = event["args"]["command"]
+        return [observation("run", "", event["id"], {"command": command, "exit_code": 0})]
+
+    def state(self) -> dict[str, Any]:
+        return {"files": dict(self._files)}
+
+    def stop(self) -> None:
+        self._pending = None

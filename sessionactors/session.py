@@ -1,0 +1,381 @@
+"""The session actor: one per live session, owner of its runtime and its connections.
+
+Lifecycle (see docs/architecture.md for the diagram)::
+
+    pooled --Activate--> live --(no connection for close_delay, runtime idle)--> passivated -> exit
+                          ^  \\--crash--> (supervisor restarts a new incarnation)
+                          '-- Attach cancels a pending passivation (generation number)
+
+Every event is numbered here, appended to the store (durable) and only then
+sent; the INIT answer, the replay and the live events for a connection are all
+sent from this single-threaded actor in that order over one ordered stream, so
+the hand-off from replay to live is exact by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+from thespian.actors import (  # type: ignore[import-untyped]
+    Actor,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    ThespianWatch,
+    WakeupMessage,
+    WatchMessage,
+)
+
+from .bridge import CallbackOutbox, LinkOutbox, Outbox
+from .config import Config
+from .errors import ActionError, RuntimeStartError, SessionActorsError
+from .messages import (
+    Action,
+    Activate,
+    Activated,
+    Attach,
+    AttachFailed,
+    Bounced,
+    Configure,
+    Detach,
+    Frame,
+    Passivated,
+)
+from .protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
+from .runtime import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
+from .store import Store, open_store
+
+__all__ = ["SessionActor", "REPLAY_PAGE"]
+
+log = logging.getLogger("sessionactors.session")
+
+REPLAY_PAGE = 1000
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class SessionActor(Actor):  # type: ignore[misc]
+    """One live session: numbers, stores and fans out its events; drives its runtime."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg: Config | None = None
+        self.supervisor: Any = None
+        self.outbox: Outbox | None = None
+        self.store: Store | None = None
+        self.runtime: Runtime | None = None
+        self.started = False
+        self.session_id: str | None = None
+        self.incarnation = 0
+        self.created = False
+        self.conns: dict[str, None] = {}
+        self.next_id = 0
+        self.generation = 0
+        self.state = "pooled"
+        self.queue: deque[dict[str, Any]] = deque()
+        self.passivate_when_idle = False
+        self.armed_deadline: float | None = None
+
+    # -- Thespian entry point ---------------------------------------------------
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        if isinstance(msg, WatchMessage):
+            try:
+                self._on_watch(msg.ready)
+            except Exception:  # a bridge frame has no sender to poison: log and carry on
+                log.exception("session %s: error handling bridge input", self.session_id)
+        elif isinstance(msg, WakeupMessage):
+            self._on_wakeup(msg.payload)
+        elif isinstance(msg, Configure):
+            self.cfg = Config.from_json(msg.config_json)
+            self.supervisor = sender
+            self._bridge_path = msg.bridge_path
+            self._frames_to = msg.frames_to
+        elif self.state == "passivated" and isinstance(msg, (Attach, Action, Activate)):
+            self.send(self.supervisor, Bounced(self.session_id or "", msg))
+        elif isinstance(msg, Activate):
+            self._activate(msg)
+        elif isinstance(msg, Attach):
+            self._attach(msg.conn_id, msg.latest_event_id, msg.token_version, answer=True)
+        elif isinstance(msg, Detach):
+            self._detach(msg.conn_id)
+        elif isinstance(msg, Action):
+            self._on_action(msg.conn_id, msg.action)
+        elif isinstance(msg, ActorExitRequest):
+            self._shutdown()
+        elif isinstance(msg, PoisonMessage):
+            log.error("session %s: message failed twice: %r", self.session_id, msg.poisonMessage)
+        elif isinstance(msg, ChildActorExited):
+            pass
+        self._arm_runtime_deadline()
+        return self._watch()
+
+    def _watch(self) -> Any:
+        fds: list[int] = []
+        if isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None:
+            fds.append(self.outbox.link.fileno())
+        if self.runtime is not None and self.started:
+            fds.extend(self.runtime.filenos())
+        return ThespianWatch(fds) if fds else None
+
+    # -- activation -----------------------------------------------------------
+    def _activate(self, msg: Activate) -> None:
+        assert self.cfg is not None, "Configure must precede Activate"
+        self.session_id = msg.session_id
+        self.incarnation = msg.incarnation
+        self.created = msg.created
+        self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        record = self.store.get_session(msg.session_id)
+        if record is None:
+            raise SessionActorsError(f"no record for session {msg.session_id}")
+        self.next_id = self.store.last_event_id(msg.session_id) + 1
+        workspace = self.cfg.workspaces_dir / msg.session_id
+        ctx = RuntimeContext(
+            session_id=msg.session_id,
+            workspace=workspace,
+            options=dict(self.cfg.runtime_options),
+            state=dict(record.runtime_state),
+            args=dict(record.args),
+        )
+        self.runtime = load_runtime(self.cfg.runtime)(ctx)
+        self.state = "live"
+        if self._bridge_path:
+            self.outbox = LinkOutbox(
+                self._bridge_path,
+                {"t": "hello", "role": "session", "session_id": msg.session_id, "resume": list(msg.resume)},
+            )
+            self.outbox.connect()
+        else:
+            frames_to = self._frames_to
+            self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
+        self.store.update_session(msg.session_id, state="live", last_active=time.time())
+        self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
+        if msg.resume:
+            self._resume(msg.resume)
+        if not self.conns:
+            self._arm_passivation()
+
+    def _resume(self, conns: tuple[str, ...]) -> None:
+        """After a crash restart: re-attach connections from where each one is."""
+        positions: dict[str, int] = {c: -1 for c in conns}
+        if isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None:
+            reply = self.outbox.link.wait_for("positions", 5.0)
+            if reply is not None:
+                positions = {c: int(p) for c, p in reply.get("conns", {}).items() if c in positions}
+        for conn, last in positions.items():
+            self._send_to([conn], [status_update("SESSION_RESTARTED", "Session restarted after a failure")])
+            self._attach(conn, last, 0, answer=False)
+
+    # -- connections ------------------------------------------------------------
+    def _attach(self, conn: str, latest_event_id: int, token_version: int, answer: bool) -> None:
+        assert self.store is not None and self.session_id is not None
+        self.generation += 1  # cancels any armed passivation
+        self.passivate_when_idle = False
+        if not self.started and not self._start_runtime(conn):
+            self.send(self.supervisor, AttachFailed(self.session_id, conn))
+            if not self.conns:
+                self._arm_passivation()
+            return
+        if answer:
+            self.outbox_send(
+                {"t": "init_ok", "conn": conn, "session_id": self.session_id, "token_version": token_version}
+            )
+        start = latest_event_id + 1
+        while start < self.next_id:
+            page = self.store.read(self.session_id, start, REPLAY_PAGE)
+            if not page:
+                break
+            self._send_to([conn], page)
+            start = page[-1]["id"] + 1
+        self.conns[conn] = None
+
+    def _start_runtime(self, conn: str) -> bool:
+        assert self.runtime is not None
+        if not self.created:
+            self._send_to([conn], [status_update("REHYDRATING", "Restoring the session")])
+        self._send_to([conn], [status_update("STARTING_RUNTIME", "Starting the runtime")])
+        try:
+            outputs = self.runtime.start()
+        except RuntimeStartError as exc:
+            self._fail_runtime([conn], str(exc))
+            return False
+        except Exception as exc:  # a third-party runtime's bug must not kill the session
+            log.exception("session %s: runtime start crashed", self.session_id)
+            self._fail_runtime([conn], f"runtime failed to start: {exc.__class__.__name__}")
+            return False
+        self.started = True
+        self._handle_outputs(outputs, extra=[conn])
+        return True
+
+    def _fail_runtime(self, conns: list[str], why: str) -> None:
+        self._send_to(conns, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+
+    def _detach(self, conn: str) -> None:
+        if conn not in self.conns:
+            return
+        del self.conns[conn]
+        if not self.conns:
+            self._arm_passivation()
+
+    # -- actions ----------------------------------------------------------------
+    def _on_action(self, conn: str, action: dict[str, Any]) -> None:
+        if conn not in self.conns or self.runtime is None:
+            self._send_to([conn], [error_frame(NOT_ATTACHED, 400)])
+            return
+        try:
+            self.runtime.validate(action)
+        except ActionError as exc:
+            self._send_to([conn], [error_frame(str(exc), 400)])
+            return
+        (event,) = self._emit([action_event_fields(action)])
+        if not self.runtime.busy and not self.queue:
+            self._begin(event)
+        else:
+            self.queue.append(event)
+
+    def _begin(self, event: dict[str, Any]) -> None:
+        assert self.runtime is not None
+        try:
+            outputs = self.runtime.begin(event)
+        except ActionError as exc:  # refused at run time (e.g. a path that changed meaning)
+            outputs = [error_observation(str(exc), event["id"])]
+        except Exception as exc:
+            log.exception("session %s: runtime crashed on action %s", self.session_id, event["id"])
+            outputs = [
+                Status("STATUS$ERROR_RUNTIME", f"runtime error: {exc.__class__.__name__}", "error"),
+                error_observation(f"runtime error: {exc}", event["id"]),
+            ]
+        self._handle_outputs(outputs)
+
+    def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None:
+        batch: list[dict[str, Any]] = []
+        for out in outputs:
+            if isinstance(out, Event):
+                batch.append(out.fields)
+                continue
+            if batch:
+                self._emit(batch)
+                batch = []
+            payload = {"status_update": True, "type": out.type, "id": out.id, "message": out.message}
+            self._send_to(list(self.conns) + [c for c in extra or [] if c not in self.conns], [payload])
+        if batch:
+            self._emit(batch)
+        self._after_runtime_progress()
+
+    def _after_runtime_progress(self) -> None:
+        assert self.runtime is not None
+        while self.queue and not self.runtime.busy:
+            self._begin(self.queue.popleft())
+        if self.passivate_when_idle and not self.runtime.busy and not self.queue and not self.conns:
+            self._passivate()
+
+    def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Number, store (durably) and then send events to every connection."""
+        assert self.store is not None and self.session_id is not None
+        stamp = _now_iso()
+        events = []
+        for i, fields in enumerate(fields_list):
+            event = {"id": self.next_id + i, "timestamp": stamp}
+            event.update(fields)
+            events.append(event)
+        self.store.append(self.session_id, events)
+        self.next_id += len(events)
+        if self.conns:
+            self._send_to(list(self.conns), events)
+        return events
+
+    def _send_to(self, conns: list[str], payloads: list[dict[str, Any]]) -> None:
+        if conns and payloads:
+            self.outbox_send({"t": "emit", "to": conns, "events": payloads})
+
+    def outbox_send(self, frame: dict[str, Any]) -> None:
+        if self.outbox is not None and not self.outbox.send(frame):
+            log.warning(
+                "session %s: gateway unreachable, frame dropped (events stay stored)", self.session_id
+            )
+
+    # -- bridge and timers --------------------------------------------------------
+    def _on_watch(self, ready: list[int]) -> None:
+        outbox = self.outbox
+        if isinstance(outbox, LinkOutbox) and outbox.link is not None and outbox.link.fileno() in ready:
+            frames = outbox.link.receive()
+            if frames is None:
+                outbox.link = None  # gateway gone: the supervisor detaches our connections
+            else:
+                for frame in frames:
+                    if frame.get("t") == "action":
+                        self._on_action(frame["conn"], frame["action"])
+        if self.runtime is not None and self.started:
+            rt_fds = [fd for fd in ready if fd in self.runtime.filenos()]
+            if rt_fds:
+                self._handle_outputs(self.runtime.poll(rt_fds))
+
+    def _on_wakeup(self, payload: Any) -> None:
+        if payload == "runtime":
+            self.armed_deadline = None
+            if self.runtime is not None and self.started:
+                self._handle_outputs(self.runtime.poll([]))
+        elif isinstance(payload, tuple) and payload[0] == "passivate":
+            if payload[1] != self.generation or self.conns or self.state != "live":
+                return  # stale: a connection attached since this timer was armed
+            assert self.runtime is not None
+            if self.runtime.busy or self.queue:
+                self.passivate_when_idle = True
+            else:
+                self._passivate()
+
+    def _arm_passivation(self) -> None:
+        assert self.cfg is not None
+        self.generation += 1
+        self.wakeupAfter(self.cfg.close_delay, payload=("passivate", self.generation))
+
+    def _arm_runtime_deadline(self) -> None:
+        if self.runtime is None or not self.started:
+            return
+        deadline = self.runtime.next_deadline()
+        if deadline is None:
+            return
+        if self.armed_deadline is not None and self.armed_deadline <= deadline + 0.001:
+            return
+        self.armed_deadline = deadline
+        self.wakeupAfter(max(0.0, deadline - time.monotonic()), payload="runtime")
+
+    # -- passivation and shutdown -------------------------------------------------
+    def _persist_and_stop(self) -> None:
+        assert self.store is not None and self.session_id is not None
+        runtime_state: dict[str, Any] = {}
+        if self.runtime is not None:
+            try:
+                if self.started:
+                    runtime_state = self.runtime.state()
+            finally:
+                self.runtime.stop()
+        fields: dict[str, Any] = {"state": "passivated", "last_active": time.time()}
+        if self.started:
+            fields["runtime_state"] = runtime_state
+        self.store.update_session(self.session_id, **fields)
+        self.started = False
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def _passivate(self) -> None:
+        log.info("session %s: passivating (pid %d)", self.session_id, os.getpid())
+        self._persist_and_stop()
+        self.state = "passivated"
+        self.send(self.supervisor, Passivated(self.session_id or "", self.incarnation))
+
+    def _shutdown(self) -> None:
+        if self.state == "live":
+            try:
+                self._persist_and_stop()
+            except Exception:
+                log.exception("session %s: error while shutting down", self.session_id)
+            self.state = "passivated"
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,504 @@
+"""The supervisor actor: the registry of sessions, the router of INIT and disconnect.
+
+It is the only top-level (``globalName``) actor; every session actor is its
+child, so that Thespian tells it when one exits. It keeps, by session id (never
+by ``ActorAddress``, which is unhashable): the session's state (live,
+passivating, passivated, failed), its current actor and incarnation, its
+connections, and the messages buffered while it is passivating (they are handed
+to the next incarnation, as Akka's ``Passivate`` does). A session that exits
+without having passivated is restarted (OTP: a *transient* child) unless it
+crashed more than ``restart_intensity`` times within ``restart_period`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from thespian.actors import (  # type: ignore[import-untyped]
+    Actor,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    ThespianWatch,
+    WakeupMessage,
+    WatchMessage,
+)
+
+from .bridge import CallbackOutbox, LinkOutbox, Outbox
+from .config import Config
+from .messages import (
+    Action,
+    Activate,
+    Activated,
+    Attach,
+    AttachFailed,
+    Bounced,
+    Configure,
+    Configured,
+    Detach,
+    Disconnect,
+    Frame,
+    Init,
+    Passivated,
+    Query,
+    QueryReply,
+    Shutdown,
+    ShutdownDone,
+)
+from .protocol import error_frame, status_update
+from .session import SessionActor
+from .store import SessionRecord, Store, open_store
+
+__all__ = ["SupervisorActor", "SUPERVISOR_NAME"]
+
+log = logging.getLogger("sessionactors.supervisor")
+
+SUPERVISOR_NAME = "sessionactors-supervisor"
+_RECONNECT = "reconnect"
+_REFILL = "refill"
+_SHUTDOWN_TIMEOUT = "shutdown-timeout"
+
+
+@dataclass
+class Entry:
+    """What the supervisor knows of one session."""
+
+    session_id: str
+    owner: str | None
+    token_version: int = 0
+    state: str = "passivated"
+    address: Any = None
+    incarnation: int = 0
+    conns: dict[str, None] = field(default_factory=dict)
+    buffered: list[Any] = field(default_factory=list)
+    restarts: deque[float] = field(default_factory=deque)
+    deleting: bool = False
+    pid: int | None = None
+
+
+class SupervisorActor(Actor):  # type: ignore[misc]
+    """Routes connections to sessions, restarts crashed sessions, knows which exist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg: Config | None = None
+        self.configure_msg: Configure | None = None
+        self.outbox: Outbox | None = None
+        self.store: Store | None = None
+        self.sessions: dict[str, Entry] = {}
+        self.conn_session: dict[str, str] = {}
+        self.pool: list[Any] = []
+        self.shutdown_waiter: Any = None
+        self.stopping = False  # set by Shutdown: no new actors, no restarts
+        self.reconnect_armed = False
+
+    # -- Thespian entry point ---------------------------------------------------
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        if isinstance(msg, WatchMessage):
+            try:
+                self._on_bridge()
+            except Exception:
+                log.exception("supervisor: error handling bridge input")
+        elif isinstance(msg, Configure):
+            self._configure(msg, sender)
+        elif self.cfg is None:
+            log.warning("supervisor: %r before Configure, ignored", type(msg).__name__)
+        elif self.stopping and isinstance(msg, (Init, Action)):
+            conn = msg.conn_id
+            self._answer(conn, [error_frame("The server is shutting down", 503)])
+        elif isinstance(msg, Init):
+            self._on_init(msg)
+        elif isinstance(msg, Disconnect):
+            self._on_disconnect(msg.conn_id)
+        elif isinstance(msg, Action):
+            self._on_action(msg)
+        elif isinstance(msg, Query):
+            status, body = self._on_query(msg)
+            self.send(sender, QueryReply(msg.req, status, body))
+        elif isinstance(msg, Passivated):
+            self._on_passivated(msg)
+        elif isinstance(msg, Activated):
+            entry = self.sessions.get(msg.session_id)
+            if entry is not None and entry.incarnation == msg.incarnation:
+                entry.pid = msg.pid
+        elif isinstance(msg, Bounced):
+            self._on_bounced(msg)
+        elif isinstance(msg, AttachFailed):
+            self._on_attach_failed(msg)
+        elif isinstance(msg, ChildActorExited):
+            self._on_child_exited(msg.childAddress)
+        elif isinstance(msg, WakeupMessage):
+            self._on_wakeup(msg.payload)
+        elif isinstance(msg, PoisonMessage):
+            self._on_poison(msg)
+        elif isinstance(msg, Shutdown):
+            self._on_shutdown(sender)
+        elif isinstance(msg, ActorExitRequest):
+            if self.store is not None:
+                self.store.close()
+        return self._watch()
+
+    def _watch(self) -> Any:
+        if isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None:
+            return ThespianWatch([self.outbox.link.fileno()])
+        return None
+
+    def _configure(self, msg: Configure, sender: Any) -> None:
+        self.cfg = Config.from_json(msg.config_json)
+        self.configure_msg = msg
+        self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
+        if reconciled:
+            log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
+        if msg.bridge_path:
+            self.outbox = LinkOutbox(msg.bridge_path, {"t": "hello", "role": "supervisor"})
+            if self.outbox.connect() is None:
+                self._arm_reconnect()
+        else:
+            frames_to = msg.frames_to
+            self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
+        self._refill_pool()
+        self.send(sender, Configured(self.store.count_sessions()))
+
+    # -- helpers ----------------------------------------------------------------
+    def _answer(self, conn: str, payloads: list[dict[str, Any]]) -> None:
+        if self.outbox is not None:
+            self.outbox.send({"t": "emit", "to": [conn], "events": payloads})
+
+    def _entry(self, session_id: str) -> Entry | None:
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            assert self.store is not None
+            record = self.store.get_session(session_id)
+            if record is None:
+                return None
+            entry = Entry(session_id, record.owner, record.token_version)
+            entry.state = "failed" if record.state == "failed" else "passivated"
+            self.sessions[session_id] = entry
+        return entry
+
+    def _spawn(self) -> Any:
+        assert self.configure_msg is not None
+        address = self.createActor(SessionActor)
+        self.send(address, self.configure_msg)
+        return address
+
+    def _refill_pool(self) -> None:
+        assert self.cfg is not None
+        while len(self.pool) < self.cfg.pool_size and not self.stopping:
+            self.pool.append(self._spawn())
+
+    def _activate(self, entry: Entry, created: bool = False, resume: tuple[str, ...] = ()) -> None:
+        """Start a new incarnation of ``entry`` and hand it the buffered messages."""
+        if self.pool:
+            entry.address = self.pool.pop(0)
+            self.wakeupAfter(0.0, payload=_REFILL)  # after this INIT is answered
+        else:
+            entry.address = self._spawn()
+        entry.incarnation += 1
+        entry.state = "live"
+        self.send(entry.address, Activate(entry.session_id, entry.incarnation, created, resume))
+        buffered, entry.buffered = entry.buffered, []
+        for msg in buffered:
+            self.send(entry.address, msg)
+
+    def _deliver(self, entry: Entry, msg: Any) -> None:
+        if entry.state == "live":
+            self.send(entry.address, msg)
+        elif entry.state == "passivating":
+            entry.buffered.append(msg)
+        else:
+            entry.buffered.append(msg)
+            self._activate(entry)
+
+    # -- routing ------------------------------------------------------------------
+    def _on_init(self, msg: Init) -> None:
+        assert self.cfg is not None and self.store is not None
+        conn = msg.conn_id
+        if msg.session_id is None:
+            if msg.user_id is not None:
+                live = sum(
+                    1
+                    for e in self.sessions.values()
+                    if e.owner == msg.user_id and e.state in ("live", "passivating")
+                )
+                if live >= self.cfg.max_live_sessions_per_user:
+                    self._answer(conn, [error_frame("Too many live sessions for this user", 429)])
+                    return
+            now = time.time()
+            session_id = uuid.uuid4().hex
+            record = SessionRecord(
+                session_id=session_id,
+                owner=msg.user_id,
+                owner_login=msg.user_login,
+                args=dict(msg.args),
+                created_at=now,
+                last_active=now,
+                state="live",
+            )
+            self.store.create_session(record)
+            entry = Entry(session_id, msg.user_id)
+            self.sessions[session_id] = entry
+            created = True
+        else:
+            found = self._entry(msg.session_id)
+            if found is None or found.deleting:
+                self._answer(conn, [error_frame("Invalid token", 401)])
+                return
+            entry, created = found, False
+            if entry.owner is not None and entry.owner != msg.user_id:
+                self._answer(conn, [error_frame("Forbidden", 403)])
+                return
+            if conn not in entry.conns and len(entry.conns) >= self.cfg.max_connections_per_session:
+                self._answer(conn, [error_frame("Too many connections to this session", 429)])
+                return
+        self._move_conn(conn, entry.session_id)
+        entry.conns[conn] = None
+        attach = Attach(conn, msg.latest_event_id, entry.token_version)
+        if created:
+            entry.buffered.append(attach)
+            self._activate(entry, created=True)
+        else:
+            if entry.state == "failed":
+                entry.restarts.clear()
+            self._deliver(entry, attach)
+
+    def _move_conn(self, conn: str, session_id: str) -> None:
+        old = self.conn_session.get(conn)
+        if old is not None and old != session_id:
+            self._drop_conn(conn)
+        self.conn_session[conn] = session_id
+
+    def _drop_conn(self, conn: str) -> None:
+        session_id = self.conn_session.pop(conn, None)
+        entry = self.sessions.get(session_id) if session_id else None
+        if entry is None or conn not in entry.conns:
+            return
+        del entry.conns[conn]
+        if entry.state == "live":
+            self.send(entry.address, Detach(conn))
+        else:  # not live: forget its pending attach instead of waking the session for nothing
+            entry.buffered = [m for m in entry.buffered if getattr(m, "conn_id", None) != conn]
+
+    def _on_disconnect(self, conn: str) -> None:
+        self._drop_conn(conn)
+
+    def _on_action(self, msg: Action) -> None:
+        entry = self.sessions.get(msg.session_id)
+        if entry is None or msg.conn_id not in entry.conns:
+            self._answer(msg.conn_id, [error_frame("Not attached to a session; send initialize first", 400)])
+            return
+        self._deliver(entry, msg)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _on_passivated(self, msg: Passivated) -> None:
+        entry = self.sessions.get(msg.session_id)
+        if entry is None or entry.incarnation != msg.incarnation or entry.state != "live":
+            return
+        entry.state = "passivating"
+        self.send(entry.address, ActorExitRequest())
+
+    def _on_bounced(self, msg: Bounced) -> None:
+        entry = self.sessions.get(msg.session_id)
+        if entry is not None:
+            self._deliver(entry, msg.message)
+
+    def _on_attach_failed(self, msg: AttachFailed) -> None:
+        entry = self.sessions.get(msg.session_id)
+        if entry is not None and self.conn_session.get(msg.conn_id) == msg.session_id:
+            entry.conns.pop(msg.conn_id, None)
+            del self.conn_session[msg.conn_id]
+
+    def _find_by_address(self, address: Any) -> Entry | None:
+        for entry in self.sessions.values():
+            if entry.address is not None and entry.address == address:
+                return entry
+        return None
+
+    def _on_child_exited(self, address: Any) -> None:
+        assert self.cfg is not None and self.store is not None
+        self.pool = [a for a in self.pool if a != address]
+        entry = self._find_by_address(address)
+        if entry is None:  # a pooled actor, or a duplicate notification: nothing to do
+            self._maybe_finish_shutdown()
+            return
+        entry.address = None
+        entry.pid = None
+        if entry.deleting:
+            self._delete_now(entry)
+        elif entry.state == "passivating" or self.stopping:
+            entry.state = "passivated"
+            if entry.buffered and not self.stopping:
+                self._activate(entry)
+        elif entry.state == "live":
+            self._restart(entry)
+        self._maybe_finish_shutdown()
+
+    def _restart(self, entry: Entry) -> None:
+        assert self.cfg is not None and self.store is not None
+        now = time.monotonic()
+        while entry.restarts and entry.restarts[0] < now - self.cfg.restart_period:
+            entry.restarts.popleft()
+        if len(entry.restarts) >= self.cfg.restart_intensity:
+            log.error("supervisor: session %s crashed too often; marked failed", entry.session_id)
+            entry.state = "failed"
+            self.store.update_session(entry.session_id, state="failed")
+            why = "Session failed repeatedly; send initialize again to retry"
+            for conn in list(entry.conns):
+                self._answer(conn, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+                if self.outbox is not None:
+                    self.outbox.send({"t": "detach", "conn": conn})
+                self.conn_session.pop(conn, None)
+            entry.conns.clear()
+            entry.buffered.clear()
+            return
+        entry.restarts.append(now)
+        log.warning("supervisor: session %s exited unexpectedly; restarting", entry.session_id)
+        self._activate(entry, resume=tuple(entry.conns))
+
+    def _on_poison(self, msg: PoisonMessage) -> None:
+        original = msg.poisonMessage
+        log.error("supervisor: message failed twice: %r\n%s", original, getattr(msg, "details", ""))
+        conn = getattr(original, "conn_id", None)
+        if conn is not None and isinstance(original, (Attach, Action)):
+            self._answer(conn, [error_frame("Internal error while handling the request", 500)])
+
+    def _on_wakeup(self, payload: Any) -> None:
+        if payload == _RECONNECT:
+            self.reconnect_armed = False
+            if isinstance(self.outbox, LinkOutbox) and self.outbox.connect() is None:
+                self._arm_reconnect()
+        elif payload == _REFILL:
+            self._refill_pool()
+        elif payload == _SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
+            log.error("supervisor: sessions did not all stop in time")
+            self._finish_shutdown()
+
+    def _arm_reconnect(self) -> None:
+        if not self.reconnect_armed:
+            self.reconnect_armed = True
+            self.wakeupAfter(0.1, payload=_RECONNECT)
+
+    def _on_bridge(self) -> None:
+        assert isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None
+        frames = self.outbox.link.receive()
+        if frames is None:
+            log.warning("supervisor: gateway link lost; detaching every connection")
+            self.outbox.link = None
+            for conn in list(self.conn_session):
+                self._drop_conn(conn)
+            self._arm_reconnect()
+            return
+        for frame in frames:
+            kind = frame.get("t")
+            if kind == "init":
+                self._on_init(
+                    Init(
+                        frame["conn"],
+                        frame.get("session_id"),
+                        frame.get("user_id"),
+                        frame.get("user_login"),
+                        frame.get("args") or {},
+                        frame.get("latest_event_id", -1),
+                    )
+                )
+            elif kind == "disconnect":
+                self._on_disconnect(frame["conn"])
+            elif kind == "action":
+                self._on_action(Action(frame["conn"], frame["session_id"], frame["action"]))
+            elif kind == "query":
+                status, body = self._on_query(
+                    Query(frame["op"], frame.get("session_id"), frame.get("req", 0))
+                )
+                self.outbox.send({"t": "reply", "req": frame.get("req", 0), "status": status, "body": body})
+
+    # -- queries ------------------------------------------------------------------
+    def _info(self, session_id: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        record = self.store.get_session(session_id)
+        if record is None:
+            return None
+        entry = self.sessions.get(session_id)
+        state = entry.state if entry is not None else record.state
+        if state == "passivating":
+            state = "passivated"
+        return {
+            "session_id": session_id,
+            "state": state,
+            "connections": len(entry.conns) if entry is not None else 0,
+            "last_event_id": self.store.last_event_id(session_id),
+            "owner": record.owner,
+            "owner_login": record.owner_login,
+            "created_at": record.created_at,
+            "last_active": record.last_active,
+            "token_version": record.token_version,
+            "pid": entry.pid if entry is not None and entry.state == "live" else None,
+        }
+
+    def _on_query(self, msg: Query) -> tuple[int, Any]:
+        assert self.store is not None
+        if msg.op == "ping":
+            return 200, {"status": "ok", "sessions": len(self.sessions)}
+        if msg.op == "info":
+            info = self._info(msg.session_id or "")
+            return (200, info) if info is not None else (404, {"error": "Unknown session"})
+        if msg.op == "list":
+            return 200, [self._info(r.session_id) for r in self.store.list_sessions()]
+        if msg.op == "delete":
+            entry = self._entry(msg.session_id or "")
+            if entry is None or entry.deleting:
+                return 404, {"error": "Unknown session"}
+            self._delete(entry)
+            return 200, {"deleted": msg.session_id}
+        return 400, {"error": f"unknown query {msg.op!r}"}
+
+    def _delete(self, entry: Entry) -> None:
+        entry.deleting = True
+        for conn in list(entry.conns):
+            self._answer(conn, [status_update("SESSION_DELETED", "This session was deleted", "error")])
+            if self.outbox is not None:
+                self.outbox.send({"t": "detach", "conn": conn})
+            self.conn_session.pop(conn, None)
+        entry.conns.clear()
+        entry.buffered.clear()
+        if entry.address is not None:
+            self.send(entry.address, ActorExitRequest())
+        else:
+            self._delete_now(entry)
+
+    def _delete_now(self, entry: Entry) -> None:
+        assert self.store is not None and self.cfg is not None
+        self.store.delete_session(entry.session_id)
+        shutil.rmtree(self.cfg.workspaces_dir / entry.session_id, ignore_errors=True)
+        self.sessions.pop(entry.session_id, None)
+
+    # -- shutdown -----------------------------------------------------------------
+    def _on_shutdown(self, sender: Any) -> None:
+        self.shutdown_waiter = sender
+        self.stopping = True
+        for entry in self.sessions.values():
+            if entry.address is not None:
+                self.send(entry.address, ActorExitRequest())
+        for address in self.pool:
+            self.send(address, ActorExitRequest())
+        self.wakeupAfter(20.0, payload=_SHUTDOWN_TIMEOUT)
+        self._maybe_finish_shutdown()
+
+    def _maybe_finish_shutdown(self) -> None:
+        if self.shutdown_waiter is None:
+            return
+        if self.pool or any(e.address is not None for e in self.sessions.values()):
+            return
+        self._finish_shutdown()
+
+    def _finish_shutdown(self) -> None:
+        waiter, self.shutdown_waiter = self.shutdown_waiter, None
+        if self.outbox is not None:
+            self.outbox.close()
+        self.send(waiter, ShutdownDone(len(self.sessions)))

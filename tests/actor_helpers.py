@@ -1,0 +1,53 @@
+"""Helpers for driving the actors directly (no gateway): a frame collector and waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from thespian.actors import Actor
+
+from sessionactors.messages import Frame
+
+
+class Collector(Actor):
+    """Test actor standing in for the gateway: keeps every bridge frame it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[dict[str, Any]] = []
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        if isinstance(msg, Frame):
+            self.frames.append(msg.frame)
+        elif msg == "frames":
+            self.send(sender, list(self.frames))
+
+
+def frames_for(frames: list[dict[str, Any]], conn: str) -> list[dict[str, Any]]:
+    """Every payload the gateway would have emitted to ``conn``, in order."""
+    out: list[dict[str, Any]] = []
+    for frame in frames:
+        if frame["t"] == "emit" and conn in frame["to"]:
+            out.extend(frame["events"])
+        elif frame["t"] == "init_ok" and frame["conn"] == conn:
+            out.append({"status": "ok", "session_id": frame["session_id"]})
+    return out
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, pump: Callable[[], None] | None = None
+) -> Any:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        if pump is not None:
+            pump()
+        else:
+            time.sleep(0.01)

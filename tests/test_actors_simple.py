@@ -1,0 +1,158 @@
+"""The supervisor and session actors' logic on Thespian's simpleSystemBase (fast, in-process)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from thespian.actors import ActorSystem
+
+from sessionactors.config import Config
+from sessionactors.messages import Action, Configure, Configured, Disconnect, Init, Query, QueryReply
+from sessionactors.supervisor import SupervisorActor
+
+from .actor_helpers import Collector, frames_for, wait_until
+
+
+class Harness:
+    """A supervisor on simpleSystemBase whose frames land in a Collector."""
+
+    def __init__(self, tmp_path: Any, **overrides: Any) -> None:
+        self.cfg = Config(
+            data_dir=tmp_path, runtime="echo", pool_size=0, actor_base="simpleSystemBase", **overrides
+        )
+        self.asys = ActorSystem("simpleSystemBase", transientUnique=True)
+        self.collector = self.asys.createActor(Collector)
+        self.sup = self.asys.createActor(SupervisorActor)
+        reply = self.asys.ask(self.sup, Configure(self.cfg.to_json(), None, self.collector), 5)
+        assert isinstance(reply, Configured)
+
+    def tell(self, msg: Any) -> None:
+        self.asys.tell(self.sup, msg)
+
+    def frames(self) -> list[dict[str, Any]]:
+        return self.asys.ask(self.collector, "frames", 5)
+
+    def to(self, conn: str) -> list[dict[str, Any]]:
+        return frames_for(self.frames(), conn)
+
+    def pump(self, seconds: float = 0.02) -> None:
+        self.asys.listen(seconds)  # runs due wakeups on simpleSystemBase
+
+    def query(self, op: str, session_id: str | None = None) -> QueryReply:
+        return self.asys.ask(self.sup, Query(op, session_id), 5)
+
+    def init(self, conn: str, session_id: str | None = None, latest: int = -1, **kw: Any) -> str:
+        self.tell(Init(conn, session_id, latest_event_id=latest, **kw))
+        ok = wait_until(lambda: [f for f in self.to(conn) if f.get("status") == "ok"])
+        return ok[-1]["session_id"]
+
+    def events(self, conn: str) -> list[dict[str, Any]]:
+        return [f for f in self.to(conn) if isinstance(f.get("id"), int)]
+
+
+@pytest.fixture
+def h(tmp_path: Any) -> Any:
+    harness = Harness(tmp_path, close_delay=0.3)
+    yield harness
+    harness.asys.shutdown()
+
+
+def message(conn: str, sid: str, text: str) -> Action:
+    return Action(conn, sid, {"action": "message", "args": {"content": text}})
+
+
+def test_new_session_answers_ok_then_events(h: Harness) -> None:
+    sid = h.init("c1")
+    h.tell(message("c1", sid, "hello"))
+    events = wait_until(lambda: h.events("c1"))
+    assert events[0]["id"] == 0 and events[0]["source"] == "user" and events[0]["message"] == "hello"
+    statuses = [f["id"] for f in h.to("c1") if f.get("status_update")]
+    assert statuses[:2] == ["STATUS$STARTING_RUNTIME", "STATUS$RUNTIME_STARTED"]
+    assert h.query("info", sid).body["state"] == "live"
+
+
+def test_join_replays_from_latest_and_fans_out(h: Harness) -> None:
+    sid = h.init("c1")
+    for i in range(5):
+        h.tell(message("c1", sid, f"m{i}"))
+    wait_until(lambda: len(h.events("c1")) == 5)
+    h.init("c2", sid, latest=2)
+    assert [e["id"] for e in h.events("c2")] == [3, 4]
+    h.tell(message("c2", sid, "from two"))
+    wait_until(lambda: len(h.events("c1")) == 6 and len(h.events("c2")) == 3)
+    assert h.events("c1")[-1]["message"] == "from two"
+    assert h.query("info", sid).body["connections"] == 2
+
+
+def test_unknown_session_and_action_before_init(h: Harness) -> None:
+    h.tell(Init("c1", "no-such-session"))
+    wait_until(lambda: h.to("c1"))
+    assert h.to("c1") == [{"error": "Invalid token", "error_code": 401}]
+    h.tell(message("c9", "whatever", "x"))
+    wait_until(lambda: h.to("c9"))
+    assert h.to("c9")[0]["error_code"] == 400
+
+
+def test_passivation_after_close_delay_and_rehydration(h: Harness) -> None:
+    sid = h.init("c1")
+    h.tell(Action("c1", sid, {"action": "write", "args": {"path": "a.txt", "content": "kept"}}))
+    wait_until(lambda: len(h.events("c1")) == 2)
+    h.tell(Disconnect("c1"))
+    wait_until(lambda: h.query("info", sid).body["state"] == "passivated", pump=h.pump)
+    h.init("c2", sid, latest=1)
+    h.tell(Action("c2", sid, {"action": "read", "args": {"path": "a.txt"}}))
+    wait_until(lambda: any(e.get("observation") == "read" for e in h.events("c2")))
+    read = next(e for e in h.events("c2") if e.get("observation") == "read")
+    assert read["content"] == "kept" and read["id"] == 3  # ids continue across passivation
+    statuses = [f["id"] for f in h.to("c2") if f.get("status_update")]
+    assert "STATUS$REHYDRATING" in statuses
+
+
+def test_reattach_cancels_passivation_timer(h: Harness) -> None:
+    """Disconnect, reattach, disconnect again just before the first delay ends."""
+    sid = h.init("c1")
+    h.tell(Disconnect("c1"))
+    t0 = time.monotonic()
+    h.init("c2", sid)
+    deadline = t0 + 0.25  # just before the first timer (0.3 s) fires
+    while time.monotonic() < deadline:
+        h.pump(0.01)
+    h.tell(Disconnect("c2"))
+    t1 = time.monotonic()
+    while time.monotonic() < t0 + 0.45:  # the first timer's time has passed
+        h.pump(0.01)
+    assert h.query("info", sid).body["state"] == "live", "stale timer passivated the session"
+    wait_until(lambda: h.query("info", sid).body["state"] == "passivated", pump=h.pump)
+    assert time.monotonic() - t1 >= 0.29
+
+
+def test_busy_runtime_delays_passivation(h: Harness) -> None:
+    sid = h.init("c1")
+    h.tell(Action("c1", sid, {"action": "run", "args": {"command": "sleep 0.8"}}))
+    wait_until(lambda: h.events("c1"))
+    h.tell(Disconnect("c1"))
+    t0 = time.monotonic()
+    wait_until(lambda: h.query("info", sid).body["state"] == "passivated", pump=h.pump)
+    assert time.monotonic() - t0 >= 0.7
+    h.init("c2", sid)
+    ids = [e["id"] for e in h.events("c2")]
+    assert ids == [0, 1]  # the action and its observation, stored before passivating
+
+
+def test_second_init_moves_connection(h: Harness) -> None:
+    a = h.init("c1")
+    b = h.init("c2")
+    h.init("c1", b)
+    assert h.query("info", a).body["connections"] == 0
+    assert h.query("info", b).body["connections"] == 2
+
+
+def test_delete_session(h: Harness) -> None:
+    sid = h.init("c1")
+    assert h.query("delete", sid).status == 200
+    wait_until(lambda: h.query("info", sid).status == 404, pump=h.pump)
+    h.tell(Init("c3", sid))
+    wait_until(lambda: h.to("c3"))
+    assert h.to("c3")[-1]["error_code"] == 401
