@@ -72,7 +72,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _serve(cfg: Config) -> int:
     logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.require_github:
         logging.getLogger("sessionactors").warning(
@@ -125,7 +127,9 @@ def _stop(cfg: Config) -> int:
 def _admin_get(cfg: Config, state: dict[str, Any], path: str, method: str = "GET") -> Any:
     token = (cfg.run_dir / "admin.token").read_text().strip()
     req = urllib.request.Request(
-        f"http://{state['host']}:{state['port']}{path}", method=method, headers={"Authorization": f"Bearer {token}"}
+        f"http://{state['host']}:{state['port']}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())

@@ -208,7 +208,11 @@ class Daemon:
         self._prepare_dirs()
         self._check_leftovers()
         self.asys = start_system(
-            self.cfg.actor_base, self.cfg.admin_port, self.cfg.actor_ip, self.cfg.multi_host, self.cfg.log_level
+            self.cfg.actor_base,
+            self.cfg.admin_port,
+            self.cfg.actor_ip,
+            self.cfg.multi_host,
+            self.cfg.log_level,
         )
         admin_pid = listening_pid(self.cfg.admin_port)
         self.actor_pgid = os.getpgid(admin_pid) if admin_pid else 0

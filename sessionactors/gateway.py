@@ -265,7 +265,10 @@ class Gateway:
         """Encode once, queue to every connection; drop a connection whose queue is full."""
         pkt = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=["oh_event", payload])
         encoded = pkt.encode()
-        eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
+        eio_pkts = [
+            eio_packet.Packet(eio_packet.MESSAGE, p)
+            for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
         for conn in conns:
             eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
@@ -363,7 +366,9 @@ def main() -> None:
     cfg = Config.from_json(os.environ["_SA_GATEWAY_CONFIG"])
     bridge_path = os.environ["_SA_BRIDGE"]
     logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     gateway, app = build(cfg)
     gateway.serve_bridge(bridge_path)

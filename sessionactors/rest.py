@@ -11,9 +11,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import mimetypes
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .config import Config
@@ -53,6 +55,8 @@ class RestApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if method == "GET" and (path == "/" or path.startswith("/static/")):
+            return self._static("index.html" if path == "/" else path[len("/static/") :], start_response)
         try:
             status, body = self.route(method, path, environ)
         except Exception:
@@ -61,7 +65,37 @@ class RestApp:
         data = json.dumps(body).encode()
         start_response(
             _STATUS.get(status, f"{status} Error"),
-            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")],
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(data))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [data]
+
+    def _static(self, name: str, start_response: StartResponse) -> Iterable[bytes]:
+        """The web console's files, shipped in the package (never fetched from the internet)."""
+        base = (Path(__file__).parent / "static").resolve()
+        target = (base / name).resolve()
+        if base not in target.parents or not target.is_file():
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        data = target.read_bytes()
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind.endswith("javascript"):
+            kind += "; charset=utf-8"
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", kind),
+                ("Content-Length", str(len(data))),
+                ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"),
+                (
+                    "Content-Security-Policy",
+                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+                ),
+            ],
         )
         return [data]
 
@@ -82,7 +116,7 @@ class RestApp:
         if match is None:
             return 404, {"error": "not found"}
         session_id, events = match.group(1), match.group(2)
-        if events and method != "GET" or not events and method not in ("GET", "DELETE"):
+        if (events and method != "GET") or (not events and method not in ("GET", "DELETE")):
             return 405, {"error": "method not allowed"}
         status, info = self._authorize(session_id, environ)
         if status != 200:

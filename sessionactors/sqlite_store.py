@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,7 @@ class SQLiteStore(Store):
             # Check before anything that writes (journal_mode=WAL rewrites the header).
             if self._version(db) < SCHEMA_VERSION:
                 self._migrate(db)
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(db)
             db.execute(f"PRAGMA synchronous = {_FSYNC_MODES[self.fsync]}")
         except BaseException as exc:
             db.close()
@@ -132,6 +132,24 @@ class SQLiteStore(Store):
                 raise self._wrap(exc, "opening") from exc
             raise
         return db
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent: only its first opener does it).
+
+        The switch needs the file to itself and SQLite reports "locked" at once
+        rather than through the busy handler, so processes that create the store
+        together retry here until one of them has switched it."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "SQLITE_BUSY") != "SQLITE_BUSY":
+                    raise
+            if time.monotonic() > deadline:
+                raise StoreError(f"cannot switch {self.path} to WAL mode: it stays locked")
+            time.sleep(0.01)
 
     def _version(self, db: sqlite3.Connection) -> int:
         """The file's schema version (0 for an empty file); raise if it is not ours."""

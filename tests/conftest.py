@@ -13,13 +13,13 @@ import os
 
 os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from .daemon_harness import DaemonProcess, free_port  # noqa: E402
+from .daemon_harness import DaemonProcess, free_port
 
 __all__ = ["free_port"]
 

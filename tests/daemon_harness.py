@@ -12,8 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import socketio
 
@@ -59,7 +60,9 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONACTORS_")}
         env["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
         for key, value in self.options.items():
-            env["SESSIONACTORS_" + key.upper()] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            env["SESSIONACTORS_" + key.upper()] = (
+                json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            )
         return env
 
     def start(self) -> None:
@@ -68,7 +71,9 @@ class DaemonProcess:
             "--data-dir", str(self.data_dir), "--port", str(self.port), "--admin-port", str(self.admin_port),
         ]  # fmt: skip
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, env=self.env(), stdout=self.log, stderr=self.log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=self.env(), stdout=self.log, stderr=self.log, start_new_session=True
+        )
         wait_for(self._healthy_or_dead, 60, f"daemon health ({self.log_path})")
         assert self.proc.poll() is None, f"daemon exited: {self.log_path.read_text()[-3000:]}"
         self.remember_pids()
@@ -95,7 +100,9 @@ class DaemonProcess:
 
         return read_state(Config(data_dir=self.data_dir))
 
-    def http(self, method: str, path: str, token: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def http(
+        self, method: str, path: str, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         req = urllib.request.Request(self.url + path, method=method, headers=dict(headers or {}))
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
@@ -168,7 +175,9 @@ class Client:
     def errors(self) -> list[dict[str, Any]]:
         return [f for f in self.snapshot() if "error" in f]
 
-    def wait(self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 15.0, what: str = "frames") -> Any:
+    def wait(
+        self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 15.0, what: str = "frames"
+    ) -> Any:
         return wait_for(lambda: predicate(self.snapshot()), timeout, what)
 
     def init(self, token: str | None = None, latest: int | None = None, **extra: Any) -> dict[str, Any]:

@@ -81,7 +81,10 @@ def test_errors_go_to_the_sender_alone(daemon: DaemonProcess) -> None:
         bystander.init()
         a.send(msg("too early"))
         a.wait(lambda fs: a.errors(), what="error")
-        assert a.errors()[0] == {"error": "Not attached to a session; send initialize first", "error_code": 400}
+        assert a.errors()[0] == {
+            "error": "Not attached to a session; send initialize first",
+            "error_code": 400,
+        }
         assert a.init(token="forged.token.value") == {"error": "Invalid token", "error_code": 401}
         assert a.init(latest=-5)["error_code"] == 400
         a.send("not an object")
@@ -108,7 +111,7 @@ def test_crashed_session_actor_is_restarted_without_loss(daemon: DaemonProcess) 
         assert [e["id"] for e in events] == [0, 1]
         assert victim in pids_before
         status, info = daemon.http("GET", f"/api/sessions/{ok['session_id']}", token=ok["token"])
-        assert info["state"] == "live" and info["connections"] == 1
+        assert status == 200 and info["state"] == "live" and info["connections"] == 1
     finally:
         c.close()
 
@@ -148,7 +151,9 @@ def test_cli_start_status_stop(tmp_path: Any) -> None:
 
         pid = json.loads(state_file.read_text())["pid"]
         pids = {pid, *descendants(pid)}
-        status = subprocess.run([*base, "status", *common], env=env, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            [*base, "status", *common], env=env, capture_output=True, text=True, timeout=30
+        )
         assert status.returncode == 0 and "daemon: running" in status.stdout, status.stdout + status.stderr
         again = subprocess.run(
             [*base, "start", *common, "--port", str(port), "--admin-port", str(admin)],
@@ -156,7 +161,9 @@ def test_cli_start_status_stop(tmp_path: Any) -> None:
         )  # fmt: skip
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
-        stopped = subprocess.run([*base, "stop", *common], env=env, capture_output=True, text=True, timeout=90)
+        stopped = subprocess.run(
+            [*base, "stop", *common], env=env, capture_output=True, text=True, timeout=90
+        )
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "daemon processes to exit")
     status = subprocess.run([*base, "status", *common], env=env, capture_output=True, text=True, timeout=30)
