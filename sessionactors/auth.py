@@ -34,18 +34,8 @@ import jwt
 
 from .errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken, InvalidToken
 
-__all__ = [
-    "TokenClaims",
-    "TokenSigner",
-    "load_or_create_secrets",
-    "rotate_secret",
-    "GitHubUser",
-    "GitHubVerifier",
-    "HttpGet",
-    "load_allowlist",
-    "check_owner",
-    "redact",
-]
+__all__ = ["TokenClaims", "TokenSigner", "load_or_create_secrets", "rotate_secret", "GitHubUser"]
+__all__ += ["GitHubVerifier", "HttpGet", "load_allowlist", "check_owner", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +95,9 @@ class TokenSigner:
             raise ConfigError("token_secret", f"every secret must be at least {MIN_SECRET_BYTES} bytes")
         if algorithm not in _HMAC_ALGORITHMS:
             raise ConfigError("token_algorithm", f"must be one of {', '.join(_HMAC_ALGORITHMS)}")
-        if not (_number(ttl) or 0) > 0:
+        if (_number(ttl) or 0) <= 0:
             raise ConfigError("token_ttl", "must be a positive number of seconds")
-        if not (_number(leeway) is not None and leeway >= 0):
+        if _number(leeway) is None or leeway < 0:
             raise ConfigError("token_leeway", "must be a non-negative number of seconds")
         self._secrets = list(secrets)
         self.ttl, self.algorithm, self.issuer, self.leeway = float(ttl), algorithm, issuer, float(leeway)
@@ -117,7 +107,7 @@ class TokenSigner:
         """A new token for ``session_id``, valid ``ttl`` seconds from now."""
         if not isinstance(session_id, str) or not session_id:
             raise ValueError("session_id must be a non-empty string")
-        if isinstance(token_version, bool) or not isinstance(token_version, int) or token_version < 0:
+        if type(token_version) is not int or token_version < 0:
             raise ValueError("token_version must be a non-negative integer")
         now = self._now()
         claims = {
@@ -145,7 +135,7 @@ class TokenSigner:
         iat, exp = _number(payload["iat"]), _number(payload["exp"])
         if not isinstance(sid, str) or not sid or len(sid) > 256:
             raise InvalidToken("bad claim sid")
-        if isinstance(ver, bool) or not isinstance(ver, int) or ver < 0:
+        if type(ver) is not int or ver < 0:  # type() is int: not a bool
             raise InvalidToken("bad claim ver")
         if iat is None or exp is None:
             raise InvalidToken("bad claim iat/exp")
@@ -286,7 +276,7 @@ class GitHubUser:
     login: str
 
 
-HttpGet = Callable[[str, Mapping[str, str], float], "tuple[int, Mapping[str, str], bytes]"]
+HttpGet = Callable[[str, Mapping[str, str], float], tuple[int, Mapping[str, str], bytes]]
 """``http_get(url, headers, timeout) -> (status, lower-cased headers, body)``; raises OSError."""
 
 _MAX_BODY = 1 << 20
@@ -370,11 +360,10 @@ class GitHubVerifier:
         if self.cache_ttl <= 0:
             return
         with self._lock:
-            if len(self._cache) >= self.MAX_CACHE:
+            if len(self._cache) >= self.MAX_CACHE:  # drop expired entries, or all when none expired
                 now = self._now()
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-                while len(self._cache) >= self.MAX_CACHE:  # still full: drop the oldest entries
-                    del self._cache[next(iter(self._cache))]
+                live = {k: v for k, v in self._cache.items() if v[0] > now}
+                self._cache = live if len(live) < self.MAX_CACHE else {}
             self._cache[key] = (expires, user)
 
     def _ask(self, github_token: str) -> GitHubUser:
@@ -402,12 +391,7 @@ class GitHubVerifier:
             login, user_id = data["login"], data["id"]
         except (ValueError, TypeError, KeyError):
             raise self._unavailable("malformed response") from None
-        if (
-            not isinstance(login, str)
-            or not login
-            or isinstance(user_id, bool)
-            or not isinstance(user_id, int)
-        ):
+        if not (isinstance(login, str) and login and type(user_id) is int and user_id > 0):
             raise self._unavailable("malformed response")
         return GitHubUser(id=str(user_id), login=login)
 

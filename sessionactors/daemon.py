@@ -150,6 +150,7 @@ class Daemon:
         self.bridge_path = ""
         self.gateway_restarts = 0
         self.actor_pgid = 0
+        self.owns_run_dir = False
 
     # -- start-up ------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -207,6 +208,7 @@ class Daemon:
 
         self._prepare_dirs()
         self._check_leftovers()
+        self.owns_run_dir = True
         self.asys = start_system(
             self.cfg.actor_base,
             self.cfg.admin_port,
@@ -298,6 +300,8 @@ class Daemon:
             if alive:
                 log.warning("ending %d actor process(es) left after shutdown", len(alive))
                 _kill(alive)
+        if not self.owns_run_dir:
+            return  # start-up failed before we took the data dir: leave another daemon's files alone
         for name in ("daemon.json", "admin.token"):
             try:
                 (self.cfg.run_dir / name).unlink()

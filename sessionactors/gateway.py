@@ -344,6 +344,14 @@ class Gateway:
             link.sock.close()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """The daemon restarts us; if it died (SIGKILL), do not linger holding its port."""
+    while os.getppid() == parent:
+        eventlet.sleep(0.5)
+    log.warning("daemon (pid %d) is gone; gateway exiting", parent)
+    os._exit(0)
+
+
 def build(cfg: Config) -> tuple[Gateway, Any]:
     """The gateway and its WSGI application (Socket.IO plus the REST API)."""
     from .rest import RestApp
@@ -372,6 +380,7 @@ def main() -> None:
     )
     gateway, app = build(cfg)
     gateway.serve_bridge(bridge_path)
+    eventlet.spawn_n(_exit_with_parent, os.getppid())
     listener = eventlet.listen((cfg.host, cfg.port), reuse_addr=True, backlog=1024)
     log.info("gateway listening on http://%s:%d", cfg.host, listener.getsockname()[1])
     eventlet.wsgi.server(listener, app, log_output=False, max_size=10000, socket_timeout=None)

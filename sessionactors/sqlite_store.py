@@ -275,15 +275,13 @@ class SQLiteStore(Store):
             (session_id, max(start_id, 0), -1 if limit is None else limit),
         )
         # One json.loads over the joined bodies is cheaper than one call per event.
-        result: list[dict[str, Any]] = json.loads("[" + ",".join(r[0] for r in rows) + "]")
-        return result
+        return json.loads("[" + ",".join(r[0] for r in rows) + "]")
 
     def last_event_id(self, session_id: str) -> int:
         """The highest stored id of the session, -1 when it has none."""
-        rows = self._query(
-            "reading the last event id", "SELECT max(id) FROM events WHERE session_id = ?", (session_id,)
-        )
-        return -1 if rows[0][0] is None else int(rows[0][0])
+        sql = "SELECT max(id) FROM events WHERE session_id = ?"
+        (last,) = self._query("reading the last event id", sql, (session_id,))[0]
+        return -1 if last is None else int(last)
 
     # -- session records ---------------------------------------------------
     @staticmethod
@@ -296,7 +294,7 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> SessionRecord:
-        values = {n: json.loads(v) if n in _JSON_FIELDS else v for n, v in zip(_FIELDS, row)}
+        values = {n: json.loads(v) if n in _JSON_FIELDS else v for n, v in zip(_FIELDS, row, strict=True)}
         return SessionRecord(**values)
 
     def create_session(self, record: SessionRecord) -> None:
@@ -335,10 +333,8 @@ class SQLiteStore(Store):
     def list_sessions(self, state: str | None = None) -> list[SessionRecord]:
         """All records (or those in ``state``), oldest ``created_at`` first."""
         where, params = ("WHERE state = ?", (state,)) if state is not None else ("", ())
-        rows = self._query(
-            "listing sessions", f"{_SELECT_SESSION} {where} ORDER BY created_at, session_id", params
-        )
-        return [self._record(r) for r in rows]
+        sql = f"{_SELECT_SESSION} {where} ORDER BY created_at, session_id"
+        return [self._record(r) for r in self._query("listing sessions", sql, params)]
 
     def count_sessions(self, state: str | None = None) -> int:
         """How many records (in ``state``)."""
@@ -356,12 +352,8 @@ class SQLiteStore(Store):
         """At daemon start-up: no session actor survived, so every 'live' record
         becomes 'passivated' (it rehydrates on the next INIT). Returns their ids."""
         with self._tx("reconciling live sessions") as db:
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT session_id FROM sessions WHERE state = 'live' ORDER BY created_at"
-                )
-            ]
+            sql = "SELECT session_id FROM sessions WHERE state = 'live' ORDER BY created_at"
+            ids = [r[0] for r in db.execute(sql)]
             db.execute("UPDATE sessions SET state = 'passivated' WHERE state = 'live'")
         return ids
 

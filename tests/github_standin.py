@@ -10,7 +10,8 @@ the private-user JSON for a registered token, ``401 Bad credentials`` for anothe
 - ``TOKEN_SLOW``: answers a registered user's JSON only after ``standin.delay`` seconds
   (the wait ends early on ``stop()``);
 - ``TOKEN_MALFORMED``: 200 with a body that is not JSON;
-- ``TOKEN_RATE_LIMITED``: 403 with ``x-ratelimit-remaining: 0``, as GitHub does.
+- ``TOKEN_RATE_LIMITED``: 403 with ``x-ratelimit-remaining: 0``, as GitHub does;
+- ``TOKEN_REDIRECT``: 302 to ``/redirected`` (a client must not follow it with the token).
 
 ``standin.requests[token]`` counts the requests per token (the ``Authorization`` value);
 ``standin.last_headers`` holds the headers of the last request.
@@ -34,6 +35,7 @@ __all__ = [
     "TOKEN_SLOW",
     "TOKEN_MALFORMED",
     "TOKEN_RATE_LIMITED",
+    "TOKEN_REDIRECT",
 ]
 
 TOKEN_500 = "standin-error-500"
@@ -41,6 +43,7 @@ TOKEN_502 = "standin-error-502"
 TOKEN_SLOW = "standin-slow"
 TOKEN_MALFORMED = "standin-malformed"
 TOKEN_RATE_LIMITED = "standin-rate-limited"
+TOKEN_REDIRECT = "standin-redirect"
 SLOW_USER = (424242, "slowpoke")
 
 DOCS = "https://docs.github.com/rest"
@@ -106,9 +109,11 @@ class StandIn:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.standin = self  # type: ignore[attr-defined]
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="github-standin", daemon=True)
+        port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="github-standin", daemon=True
+        )
         self._thread.start()
 
     def count(self, token: str) -> int:
@@ -168,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         standin: StandIn = self.server.standin  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0]
+        if path == "/redirected":
+            with standin._lock:
+                standin.requests["/redirected"] += 1
         if path != "/user":
             self._send(404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"})
             return
@@ -214,6 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
                 },
                 {**limits, "X-RateLimit-Remaining": "0"},
             )
+        elif token == TOKEN_REDIRECT:
+            self._send(302, b"", {"Location": f"{standin.url}/redirected"})
         elif token == TOKEN_SLOW:
             standin._released.wait(standin.delay)
             self._send(200, github_user_json(*SLOW_USER), limits)

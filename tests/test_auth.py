@@ -31,12 +31,14 @@ from sessionactors.auth import (
     rotate_secret,
 )
 from sessionactors.errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken, InvalidToken
+
 from .github_standin import (
     SLOW_USER,
     TOKEN_500,
     TOKEN_502,
     TOKEN_MALFORMED,
     TOKEN_RATE_LIMITED,
+    TOKEN_REDIRECT,
     TOKEN_SLOW,
     StandIn,
     start_standin,
@@ -145,7 +147,7 @@ def test_alg_none_refused(signer: TokenSigner) -> None:
 def test_other_algorithms_refused_with_right_key_material(signer: TokenSigner) -> None:
     hs512 = jwt.encode(good_claims(), KEY * 2, algorithm="HS512")  # long enough for HS512
     assert reason_of(TokenSigner([KEY * 2], now=signer._now), hs512) == "algorithm not allowed"
-    assert reason_of(signer, jwt.encode(good_claims(), KEY, algorithm="HS384")) == "algorithm not allowed"
+    assert reason_of(signer, jwt.encode(good_claims(), KEY * 2, algorithm="HS384")) == "algorithm not allowed"
     # key confusion: an RS256 header over an HMAC made with the server's own secret
     assert reason_of(signer, craft({"alg": "RS256", "typ": "JWT"}, good_claims())) == "algorithm not allowed"
     rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
@@ -372,6 +374,12 @@ def test_github_failures_are_unavailable(standin: StandIn, token: str) -> None:
         GitHubVerifier(standin.url).verify(token)
     assert str(info.value).startswith("GitHub could not verify the token: ")
     assert info.value.error_code == 503 and token not in str(info.value)
+
+
+def test_redirect_not_followed(standin: StandIn) -> None:
+    with pytest.raises(GitHubUnavailable):
+        GitHubVerifier(standin.url).verify(TOKEN_REDIRECT)
+    assert standin.count(TOKEN_REDIRECT) == 1 and standin.count("/redirected") == 0
 
 
 def test_slow_beyond_timeout(standin: StandIn) -> None:

@@ -5,6 +5,11 @@
 thread, so it works on every Thespian base) and ``fail`` which exits 1;
 ``write``/``read`` use an in-memory file table that survives passivation
 through ``state()``; ``message`` gets no reaction.
+
+Test hooks (options of the ``[runtime]`` table): ``fail_start`` makes ``start``
+fail (a runtime that cannot start); ``stop_delay`` makes ``stop`` take that many
+seconds after creating ``<workspace>/.stopping``, which widens the passivation
+window so that tests can send an INIT into it deterministically.
 """
 
 from __future__ import annotations
@@ -92,3 +97,9 @@ class EchoRuntime(Runtime):
 
     def stop(self) -> None:
         self._pending = None
+        delay = float(self.ctx.options.get("stop_delay", 0) or 0)
+        if delay and self._started:
+            self.ctx.workspace.mkdir(parents=True, exist_ok=True)
+            (self.ctx.workspace / ".stopping").touch()
+            time.sleep(delay)  # deliberately slow: a test hook, see the module docstring
+        self._started = False
