@@ -24,6 +24,7 @@ from typing import Any  # noqa: E402
 
 import socketio  # noqa: E402
 from engineio import packet as eio_packet  # noqa: E402
+from engineio import payload as eio_payload  # noqa: E402
 from eventlet.event import Event as GreenEvent  # noqa: E402
 from socketio import packet as sio_packet  # noqa: E402
 
@@ -80,13 +81,21 @@ class Gateway:
         self.cfg = cfg
         self.signer = signer
         self.verifier = verifier
-        cors: Any = list(cfg.cors_origins) if cfg.cors_origins else None
-        if cfg.cors_origins == ("*",):
+        # python-engineio: None checks that a browser's Origin is the server's own; [] would
+        # disable the check entirely (any site could open a websocket here).
+        cors: Any = None
+        if "*" in cfg.cors_origins:
             cors = "*"
+        elif cfg.cors_origins:
+            cors = self._origin_allowed  # the configured origins, and still the server's own
+        # Engine.IO payloads (polling) are refused whole, silently, beyond this many packets
+        # (python-engineio's default is 16, and socket.io-client batches every buffered packet
+        # into one POST): let the size limit, max_frame_bytes, be the only limit.
+        eio_payload.Payload.max_decode_packets = max(16, cfg.max_frame_bytes // 2)
         self.sio = socketio.Server(
             async_mode="eventlet",
             async_handlers=False,  # one connection's actions stay in the order they were sent
-            cors_allowed_origins=cors if cors is not None else [],
+            cors_allowed_origins=cors,
             max_http_buffer_size=cfg.max_frame_bytes,
             logger=False,
             engineio_logger=False,
@@ -98,11 +107,22 @@ class Gateway:
         self.session_links: dict[str, ActorLink] = {}
         self.conn_session: dict[str, str] = {}
         self.conn_last: dict[str, int] = {}
-        self.pending_init: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        # conn -> (latest_event_id of its INIT in flight, or None while answering it; the frames
+        # that came after it, held in order: one INIT at a time per connection)
+        self.pending_init: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
         self.buckets: dict[str, _Bucket] = {}
         self.replies: dict[int, GreenEvent] = {}
         self._req = itertools.count(1)
         self.counters: dict[str, int] = {"events_sent": 0, "slow_disconnects": 0}
+
+    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
+        """CORS with ``cors_origins`` set: those origins, plus this server's own."""
+        if origin is None:
+            return False
+        if origin in self.cfg.cors_origins:
+            return True
+        host = environ.get("HTTP_HOST")
+        return bool(host) and origin == f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
 
     # -- Socket.IO handlers ----------------------------------------------------------
     def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
@@ -123,7 +143,11 @@ class Gateway:
             self._error(sid, "Too many actions; slow down", 429)
             return
         if isinstance(data, dict) and data.get("action") == "initialize":
-            self._on_init(sid, data)
+            pending = self.pending_init.get(sid)
+            if pending is not None:  # after the INIT in flight: answers must not cross
+                pending[1].append(data)
+            else:
+                self._on_init(sid, data)
             return
         try:
             action = parse_action(data, self.cfg.max_field_bytes)
@@ -148,12 +172,13 @@ class Gateway:
         if self.supervisor is None or not self.supervisor.send(frame):  # the supervisor buffers it
             self._error(sid, "Server not ready", 503)
 
-    def _on_init(self, sid: str, data: dict[str, Any]) -> None:
+    def _on_init(self, sid: str, data: dict[str, Any]) -> bool:
+        """Validate an INIT and pass it to the supervisor (True), or answer its error (False)."""
         try:
             req = parse_init(data, self.cfg.max_field_bytes)
         except ActionError as exc:
             self._error(sid, str(exc), 400)
-            return
+            return False
         session_id = user_id = login = None
         try:
             if req.token is not None:
@@ -165,19 +190,21 @@ class Gateway:
                 user_id, login = user.id, user.login
             elif self.cfg.require_github:
                 self._error(sid, "GitHub token required", 401)
-                return
+                return False
         except InvalidToken as exc:
             log.info("INIT from %s refused: invalid token (%s)", sid, exc.reason)
             self._error(sid, "Invalid token", 401)
-            return
+            return False
         except AuthError as exc:
             log.info("INIT from %s refused: %s", sid, exc)
             self._error(sid, str(exc), exc.error_code)
-            return
+            return False
+        if sid not in self.buckets:  # it disconnected while GitHub was asked: attach no ghost
+            return False
         if self.supervisor is None:
             self._error(sid, "Server not ready", 503)
-            return
-        held = self.pending_init.get(sid, (0, []))[1]
+            return False
+        held = self.pending_init.get(sid, (None, []))[1]
         self.pending_init[sid] = (req.latest_event_id, held)
         self.supervisor.send(
             {
@@ -190,6 +217,7 @@ class Gateway:
                 "latest_event_id": req.latest_event_id,
             }
         )
+        return True
 
     # -- frames from the actors ----------------------------------------------------------
     def on_actor_frame(self, link: ActorLink, frame: dict[str, Any]) -> None:
@@ -223,43 +251,76 @@ class Gateway:
             del self.session_links[link.session_id]
 
     def _init_ok(self, conn: str, session_id: str, token_version: int) -> None:
-        latest, held = self.pending_init.pop(conn, (-1, []))
+        latest = self.pending_init.get(conn, (None, []))[0]
         if conn not in self.buckets:
+            self.pending_init.pop(conn, None)
             return
         self.conn_session[conn] = session_id
-        self.conn_last[conn] = latest
+        self.conn_last[conn] = -1 if latest is None else latest
         token = self.signer.issue(session_id, token_version)
         self._emit_one(conn, {"status": "ok", "token": token, "session_id": session_id})
-        for action in held:
-            self._route_action(conn, action)
+        self._flush_held(conn)
 
     def _deliver(self, link: ActorLink, conns: list[str], payloads: list[dict[str, Any]]) -> None:
         for payload in payloads:
+            self._let_writers_run(conns)
             event_id = payload.get("id")
-            stored = isinstance(event_id, int) and not isinstance(event_id, bool)
-            targets = []
+            if not isinstance(event_id, int) or isinstance(event_id, bool):
+                event_id = None  # not a stored event (a status update's id is a string)
+            targets, failed = [], []
             for conn in conns:
                 if conn not in self.buckets:
                     continue
-                if stored:
-                    if link.role == "session" and self.conn_session.get(conn) != link.session_id:
+                current = link.role == "session" and self.conn_session.get(conn) == link.session_id
+                if event_id is not None:
+                    if link.role == "session" and not current:
                         continue  # the connection moved to another session
                     if event_id <= self.conn_last.get(conn, -1):
                         continue  # already sent: never twice
                     self.conn_last[conn] = event_id
-                elif "error" in payload and conn in self.pending_init:
-                    self._init_failed(conn)
+                elif "error" in payload and not current and self._init_in_flight(conn):
+                    failed.append(conn)  # its INIT failed (an error from its session answers an action)
                 targets.append(conn)
             if targets:
                 self._emit_many(targets, payload)
+            for conn in failed:  # after the error: what came after the failed INIT
+                self._flush_held(conn)
 
-    def _init_failed(self, conn: str) -> None:
-        _, held = self.pending_init.pop(conn, (-1, []))
-        for _action in held:
-            if conn in self.conn_session:
-                self._route_action(conn, _action)
+    def _let_writers_run(self, conns: list[str]) -> None:
+        """Yield once when a target's queue is over ``send_buffer``, before judging it slow.
+
+        Frames come from the actors in bursts (a replay page is one bridge frame) and this
+        loop queues them without yielding, so a websocket writer that would drain its queue at
+        once has had no chance to run yet. Called between payloads, where no route is half
+        updated; a client still over the limit after that is really not reading.
+        """
+        for conn in conns:
+            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+            if sock is not None and sock.queue.qsize() > self.cfg.send_buffer:
+                eventlet.sleep(0)
+                return
+
+    def _init_in_flight(self, conn: str) -> bool:
+        pending = self.pending_init.get(conn)
+        return pending is not None and pending[0] is not None
+
+    def _flush_held(self, conn: str) -> None:
+        """The INIT in flight is answered: handle what came after it, in order, up to the next INIT."""
+        pending = self.pending_init.get(conn)
+        if pending is None:
+            return
+        held = pending[1]
+        self.pending_init[conn] = (None, held)  # frames arriving meanwhile still queue behind
+        while held and conn in self.buckets:
+            item = held.pop(0)
+            if item.get("action") == "initialize":
+                if self._on_init(conn, item):
+                    return  # in flight now, the rest still held behind it
             else:
-                self._error(conn, NOT_ATTACHED, 400)
+                self._route_action(conn, item)
+        if self.pending_init.get(conn, (None, None))[1] is held:
+            del self.pending_init[conn]
 
     def _emit_many(self, conns: list[str], payload: dict[str, Any]) -> None:
         """Encode once, queue to every connection; drop a connection whose queue is full."""

@@ -156,6 +156,16 @@ class Client:
         self.received: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.sio.on("oh_event", self._on_event)
+        # python-engineio's sync client runs every message handler in a new thread, which can
+        # reorder frames on the client side; handle them in the reader thread, in arrival order.
+        eio = self.sio.eio
+        trigger = eio._trigger_event
+
+        def in_order(event: str, *args: Any, **kwargs: Any) -> Any:
+            kwargs["run_async"] = False
+            return trigger(event, *args, **kwargs)
+
+        eio._trigger_event = in_order
         self.sio.connect(url, transports=transports or ["websocket"], wait_timeout=10)
 
     def _on_event(self, data: Any) -> None:

@@ -1,0 +1,1 @@
+"""Benchmark harness: the daemon side by side with two reference servers (``python -m bench``)."""

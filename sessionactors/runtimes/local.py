@@ -1,0 +1,401 @@
+"""The local runtime: one persistent bash per live session, in the session's workspace.
+
+State persists between ``run`` actions as in a terminal (``cd``, exported
+variables, aliases, files). A command never blocks the session actor:
+``begin()`` writes it to the shell and returns; output is read without
+blocking when the shell's stdout is readable and reported by ``poll()``.
+
+Streaming: while a command runs, its output is sent in ``run`` observations
+with ``extras.partial: true`` (at most one per ``stream_interval`` seconds);
+the final ``run`` observation carries the output not yet sent plus
+``extras.exit_code``. Concatenating the ``content`` of every ``run``
+observation with the same ``cause`` gives the whole output (capped at
+``max_output`` bytes, where ``[output truncated after N bytes]`` marks the cut).
+
+Timeouts (``timeout`` option, or the action's ``timeout`` arg): SIGINT to the
+shell's process group like a Ctrl-C; after ``kill_grace`` seconds SIGKILL to
+the processes the command started; if the shell still does not come back (a
+builtin loop that ignores SIGINT) the shell is replaced. The final
+observation then has ``extras.timed_out: true`` and a ``[command timed out
+after N s]`` line. A shell that dies (``exit``, killed) ends the running
+command with an observation and a ``STATUS$RUNTIME_RESTARTED`` status; the
+next command starts a fresh shell in the last known directory.
+
+``read``/``write`` are synchronous, relative to the workspace, and never leave
+it (symlinks included). This is not a security boundary: the shell runs with
+the daemon's uid, limited only by rlimits (see docs/runtimes.md for the
+options and the RLIMIT_NPROC caveat).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ActionError, PathEscape, RuntimeStartError
+from ..runtime import Output, Runtime, RuntimeContext, Status, error_observation, observation
+from ._shell import OutputReader, ShellProcess, open_beneath, rlimits_from_options
+
+__all__ = ["LocalRuntime"]
+
+_LIVENESS_INTERVAL = 1.0  # without a pidfd, how often a busy runtime checks that bash lives
+
+
+@dataclass
+class _Options:
+    """The ``[runtime]`` options this runtime understands, checked once."""
+
+    shell: str = "bash"
+    timeout: float | None = 120.0
+    kill_grace: float = 2.0
+    stream_interval: float | None = 0.2
+    max_output: int | None = 1_000_000
+    max_file_size: int = 1_000_000
+    start_timeout: float = 5.0
+    env: dict[str, str] = field(default_factory=dict)
+    rlimits: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> _Options:
+        def number(key: str, default: float | None, optional: bool = True) -> Any:
+            value = options.get(key, default)
+            if value is None or (optional and value in (0, math.inf)):
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"runtime option {key!r} must be a non-negative number, not {value!r}")
+            return value
+
+        env = options.get("env", {})
+        if not isinstance(env, dict):
+            raise ValueError("runtime option 'env' must be a table of strings")
+        return cls(
+            shell=str(options.get("shell", "bash")),
+            timeout=number("timeout", 120.0),
+            kill_grace=number("kill_grace", 2.0, optional=False) or 0.0,
+            stream_interval=number("stream_interval", 0.2),
+            max_output=number("max_output", 1_000_000),
+            max_file_size=number("max_file_size", 1_000_000, optional=False) or 0,
+            start_timeout=number("start_timeout", 5.0, optional=False) or 5.0,
+            env={str(k): str(v) for k, v in env.items()},
+            rlimits=rlimits_from_options(options),
+        )
+
+
+@dataclass
+class _Command:
+    """The ``run`` action in progress."""
+
+    cause: int
+    command: str
+    timeout: float | None
+    reader: OutputReader
+    before: set[int]  # the shell's children before the command: spared by the SIGKILL stage
+    last_flush: float
+    flush_at: float | None = None  # when buffered output goes out as a partial observation
+    stage: int = 0  # 0 running, 1 interrupted, 2 its processes killed
+    stage_at: float | None = None  # when to move to the next stage
+    timed_out: bool = False
+
+
+class LocalRuntime(Runtime):
+    """A persistent bash per session; see the module docstring for the behaviour."""
+
+    name = "local"
+
+    def __init__(self, ctx: RuntimeContext) -> None:
+        super().__init__(ctx)
+        self._shell: ShellProcess | None = None
+        self._cmd: _Command | None = None
+        self._workspace = os.path.realpath(ctx.workspace)
+        saved = ctx.state.get("cwd")
+        self._cwd: str = saved if isinstance(saved, str) else "."
+        self._option_error: str | None = None
+        try:
+            self._opts = _Options.parse(ctx.options)
+        except ValueError as exc:  # reported by start(), where a refusal has a wire answer (503)
+            self._opts, self._option_error = _Options(), str(exc)
+
+    # -- lifecycle ---------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._cmd is not None
+
+    def start(self) -> list[Output]:
+        if self._option_error:
+            raise RuntimeStartError(self._option_error)
+        try:
+            os.makedirs(self.ctx.workspace, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeStartError(f"cannot create the workspace: {exc}") from None
+        self._workspace = os.path.realpath(self.ctx.workspace)
+        if self._shell is None or not self._shell.alive():
+            self._spawn()
+        return [Status("STATUS$RUNTIME_STARTED", f"Runtime started: {self._opts.shell} in the workspace")]
+
+    def _spawn(self) -> None:
+        """Start a shell in the last known directory (the workspace if that is gone or outside)."""
+        cwd = os.path.realpath(os.path.join(self._workspace, self._cwd))
+        if not (self._inside(cwd) and os.path.isdir(cwd)):
+            cwd = self._workspace
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": self._workspace,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TERM": "dumb",
+            "PAGER": "cat",
+            "GIT_PAGER": "cat",
+            "HISTFILE": "",
+            "SESSIONACTORS_SESSION_ID": self.ctx.session_id,
+        }
+        # Only an allow-list of the daemon's environment: its secrets stay out of the sandbox.
+        env.update({k: os.environ[k] for k in ("USER", "LOGNAME", "LC_ALL", "TZ") if k in os.environ})
+        env.update(self._opts.env)
+        self._shell = ShellProcess(self._opts.shell, cwd, env, self._opts.rlimits, self._opts.start_timeout)
+        self._cwd = os.path.relpath(cwd, self._workspace)
+
+    def state(self) -> dict[str, Any]:
+        return {"cwd": self._cwd}
+
+    def stop(self) -> None:
+        shell, self._shell, self._cmd = self._shell, None, None
+        if shell is not None:
+            shell.close(grace=0.5)
+
+    # -- actions -------------------------------------------------------------------
+    def validate(self, action: dict[str, Any]) -> None:
+        super().validate(action)
+        name, args = action["action"], action["args"]
+        if name == "run":
+            command = args.get("command")
+            if not isinstance(command, str) or not command.strip():
+                raise ActionError("'command' must be a non-empty string")
+            timeout = args.get("timeout")
+            if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                raise ActionError("'timeout' must be a positive number of seconds")
+        elif name in ("read", "write"):
+            self._resolve(args.get("path"))
+            if name == "write":
+                content = args.get("content")
+                if not isinstance(content, str):
+                    raise ActionError("'content' must be a string")
+                try:
+                    size = len(content.encode("utf-8"))
+                except UnicodeEncodeError:
+                    raise ActionError("'content' is not encodable as UTF-8") from None
+                if size > self._opts.max_file_size:
+                    raise ActionError(f"'content' is {size} bytes, over the {self._opts.max_file_size} limit")
+
+    def begin(self, action_event: dict[str, Any]) -> list[Output]:
+        name, args, cause = action_event["action"], action_event["args"], action_event["id"]
+        if name == "run":
+            return self._begin_run(args["command"], args.get("timeout"), cause)
+        if name == "read":
+            return [self._read(args["path"], cause)]
+        if name == "write":
+            return [self._write(args["path"], args["content"], cause)]
+        return []  # message: the local runtime has no agent
+
+    def _begin_run(self, command: str, timeout: float | None, cause: int) -> list[Output]:
+        out: list[Output] = []
+        if self._shell is not None and not self._shell.alive():
+            out += self._bury_shell()  # died while idle and no pidfd told us
+        try:
+            if self._shell is None:
+                self._spawn()
+            assert self._shell is not None
+            self._shell.read()  # drop what background jobs wrote since the last command ended
+            before = self._shell.children()
+            nonce = self._shell.send(command)
+        except (RuntimeStartError, OSError) as exc:
+            out += self._bury_shell()
+            return [
+                *out,
+                error_observation(f"Cannot run the command: the shell is unavailable: {exc}", cause),
+            ]
+        now = time.monotonic()
+        timeout = timeout if timeout is not None else self._opts.timeout
+        self._cmd = _Command(
+            cause=cause,
+            command=command,
+            timeout=timeout,
+            reader=OutputReader(nonce, self._opts.max_output),
+            before=before,
+            last_flush=now,
+            stage_at=now + timeout if timeout else None,
+        )
+        return out
+
+    # -- progress --------------------------------------------------------------------
+    def filenos(self) -> list[int]:
+        # Watched even when idle: to drain background jobs' output and to notice a dead shell.
+        return self._shell.filenos() if self._shell is not None else []
+
+    def next_deadline(self) -> float | None:
+        cmd = self._cmd
+        if cmd is None or self._shell is None:
+            return None
+        times = [t for t in (cmd.stage_at, cmd.flush_at) if t is not None]
+        if self._shell.pidfd < 0:
+            times.append(time.monotonic() + _LIVENESS_INTERVAL)
+        return min(times) if times else None
+
+    def poll(self, ready: list[int]) -> list[Output]:
+        shell, cmd = self._shell, self._cmd
+        if shell is None:
+            return []
+        data, eof = shell.read()
+        if cmd is None:
+            # Idle: output now comes from background jobs and belongs to no command.
+            return self._bury_shell() if eof or not shell.alive() else []
+        if cmd.reader.feed(data):
+            return self._finish(cmd)
+        if eof or not shell.alive():
+            return self._bury_shell()
+        now = time.monotonic()
+        out: list[Output] = []
+        if cmd.stage_at is not None and now >= cmd.stage_at:
+            out += self._escalate(cmd, now)
+        if self._cmd is cmd and self._opts.stream_interval and cmd.reader.has_text:
+            if cmd.flush_at is None:
+                cmd.flush_at = cmd.last_flush + self._opts.stream_interval
+            if now >= cmd.flush_at:
+                cmd.last_flush, cmd.flush_at = now, None
+                extras = {"command": cmd.command, "partial": True}
+                out.append(observation("run", cmd.reader.take_text(), cmd.cause, extras, "Command output"))
+        return out
+
+    def _escalate(self, cmd: _Command, now: float) -> list[Output]:
+        """The command's deadline passed: Ctrl-C, then SIGKILL, then a new shell."""
+        assert self._shell is not None
+        grace = self._opts.kill_grace
+        if cmd.stage == 0:
+            cmd.timed_out = True
+            self._shell.interrupt()
+            cmd.stage, cmd.stage_at = 1, now + grace
+        elif cmd.stage == 1:
+            self._shell.kill_new(cmd.before)
+            cmd.stage, cmd.stage_at = 2, now + max(grace, 1.0)
+        else:  # the shell itself is stuck (e.g. a builtin loop under `trap '' INT`)
+            return self._bury_shell("the shell did not return after SIGKILL and was stopped")
+        return []
+
+    def _finish(self, cmd: _Command) -> list[Output]:
+        self._cmd = None
+        reader = cmd.reader
+        if reader.cwd:  # empty after `unset PWD`: keep the last known one
+            self._cwd = self._relative(reader.cwd)
+        extras: dict[str, Any] = {"command": cmd.command, "exit_code": reader.exit_code}
+        text = reader.finish()
+        if cmd.timed_out:
+            extras["timed_out"] = True
+            text += self._note(reader, text, f"command timed out after {cmd.timeout:g} s")
+        return [observation("run", text, cmd.cause, extras, "Command finished")]
+
+    def _bury_shell(self, why: str | None = None) -> list[Output]:
+        """The shell is dead (or must be): clean up after it, end the running command.
+
+        Never raises: a dead shell is a fact to report, and the next ``run`` starts a new one.
+        """
+        shell, cmd = self._shell, self._cmd
+        self._shell, self._cmd = None, None
+        if shell is None:
+            return []
+        data, eof = shell.read()  # its last output, e.g. of `echo bye; exit 3`
+        if eof and shell.alive():
+            with contextlib.suppress(Exception):
+                shell.proc.wait(timeout=0.2)  # stdout closed: it is exiting; get its real status
+        code = shell.returncode
+        shell.close(grace=0)  # its background jobs go with it: nothing untracked survives
+        if code is None and why is None:  # alive but its stdout closed (`exec >/dev/null`)
+            why = "the shell closed its output and was stopped"
+        exit_code = code if code is not None and why is None else -1
+        said = why or f"the shell exited with code {exit_code}"
+        out: list[Output] = []
+        if cmd is not None:
+            cmd.reader.feed(data)
+            text = cmd.reader.finish()
+            extras: dict[str, Any] = {"command": cmd.command, "exit_code": exit_code}
+            if cmd.timed_out:
+                extras["timed_out"] = True
+                text += self._note(cmd.reader, text, f"command timed out after {cmd.timeout:g} s")
+            text += self._note(cmd.reader, text, f"{said}; the next command starts a new shell")
+            out.append(observation("run", text, cmd.cause, extras, "Command finished"))
+        out.append(
+            Status(
+                "STATUS$RUNTIME_RESTARTED", f"{said[0].upper()}{said[1:]}; the next command starts a new one"
+            )
+        )
+        return out
+
+    @staticmethod
+    def _note(reader: OutputReader, text: str, note: str) -> str:
+        """``[note]`` on a line of its own after the output handed out so far."""
+        ends = text.endswith("\n") if text else reader.ends_with_newline
+        return ("" if ends else "\n") + f"[{note}]\n"
+
+    # -- files -------------------------------------------------------------------------
+    def _inside(self, real: str) -> bool:
+        return real == self._workspace or real.startswith(self._workspace.rstrip(os.sep) + os.sep)
+
+    def _relative(self, real: str) -> str:
+        return os.path.relpath(real, self._workspace) if self._inside(real) else real
+
+    def _resolve(self, path: Any) -> str:
+        """``path`` resolved (symlinks too) relative to the workspace; PathEscape if it leaves it."""
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ActionError("'path' must be a non-empty string")
+        if os.path.isabs(path):
+            raise PathEscape(f"path {path!r} is absolute; paths are relative to the workspace")
+        real = os.path.realpath(os.path.join(self._workspace, path))
+        if not self._inside(real):
+            raise PathEscape(f"path {path!r} is outside the workspace")
+        return os.path.relpath(real, self._workspace)
+
+    def _read(self, path: str, cause: int) -> Output:
+        limit = self._opts.max_file_size
+        try:
+            fd = open_beneath(self._workspace, self._resolve(path), os.O_RDONLY)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return error_observation(f"{path} is not a regular file", cause)
+            with os.fdopen(fd, "rb") as fh:
+                data = fh.read(limit + 1)
+        except ActionError as exc:  # the path changed meaning since validate()
+            return error_observation(str(exc), cause)
+        except FileNotFoundError:
+            return error_observation(f"No such file: {path}", cause)
+        except OSError as exc:
+            return error_observation(f"Cannot read {path}: {exc.strerror or exc}", cause)
+        if len(data) > limit:
+            return error_observation(f"{path} is larger than the {limit} byte limit for read", cause)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return error_observation(
+                f"{path} is a binary file (not valid UTF-8); read returns text only", cause
+            )
+        return observation("read", text, cause, {"path": path}, f"Read {path}")
+
+    def _write(self, path: str, content: str, cause: int) -> Output:
+        try:
+            fd = open_beneath(self._workspace, self._resolve(path), os.O_WRONLY | os.O_CREAT, make_dirs=True)
+            with os.fdopen(fd, "wb") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return error_observation(f"{path} is not a regular file", cause)
+                fh.truncate(0)  # only now: never truncate something that is not a regular file
+                fh.write(content.encode("utf-8"))
+        except ActionError as exc:
+            return error_observation(str(exc), cause)
+        except OSError as exc:
+            return error_observation(f"Cannot write {path}: {exc.strerror or exc}", cause)
+        return observation("write", "", cause, {"path": path}, f"Wrote {path}")
