@@ -29,6 +29,7 @@ __all__ = [
     "QueryReply",
     "Shutdown",
     "ShutdownDone",
+    "FileRequest",
     "Frame",
 ]
 
@@ -184,6 +185,18 @@ class ShutdownDone:
     """Supervisor -> launcher: every session actor has stopped."""
 
     sessions: int
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """Supervisor -> session actor: a REST read of the workspace (``op`` ``list`` or ``read``).
+
+    The session answers on its bridge link with a ``reply`` frame carrying ``req``.
+    """
+
+    req: int
+    op: str
+    path: str
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-from .errors import ActionError, ConfigError
+from .errors import ActionError, ConfigError, PathEscape
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -187,6 +187,48 @@ class Runtime(abc.ABC):
     def state(self) -> dict[str, Any]:
         """Restorable state (JSON-serialisable), saved with the session record."""
         return {}
+
+    # -- workspace access for the REST API (works whether or not the runtime is started) --
+    def _confine(self, path: str) -> Path:
+        """``path`` resolved inside the workspace (symlinks followed), or PathEscape."""
+        if not isinstance(path, str) or "\0" in path or len(path) > 4096:
+            raise ActionError("'path' must be a string")
+        if path.startswith("/"):
+            raise PathEscape(f"path {path!r} is absolute; paths are relative to the workspace")
+        root = self.ctx.workspace.resolve()
+        target = (root / path).resolve()
+        if target != root and root not in target.parents:
+            raise PathEscape(f"path {path!r} is outside the workspace")
+        return target
+
+    def list_files(self, path: str = ".") -> list[dict[str, Any]]:
+        """Entries of a workspace directory: ``[{"name", "type": "file"|"dir"|"other", "size"}]``."""
+        target = self._confine(path or ".")
+        if not target.exists():
+            if target == self.ctx.workspace.resolve():
+                return []
+            raise FileNotFoundError(path)
+        if not target.is_dir():
+            raise ActionError(f"{path} is not a directory")
+        entries = []
+        for child in sorted(target.iterdir(), key=lambda p: p.name):
+            kind = "dir" if child.is_dir() else "file" if child.is_file() else "other"
+            size = child.stat().st_size if kind == "file" else None
+            entries.append({"name": child.name, "type": kind, "size": size})
+        return entries
+
+    def read_file(self, path: str, limit: int = 1_000_000) -> str:
+        """A workspace file as text (UTF-8), refused when larger than ``limit`` or binary."""
+        target = self._confine(path)
+        if not target.is_file():
+            raise FileNotFoundError(path)
+        data = target.read_bytes()[: limit + 1]
+        if len(data) > limit:
+            raise ActionError(f"{path} is larger than the {limit} byte limit")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ActionError(f"{path} is a binary file (not valid UTF-8)") from None
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -43,6 +43,7 @@ from .messages import (
     Bounced,
     Configure,
     Detach,
+    FileRequest,
     Frame,
     Passivated,
 )
@@ -97,7 +98,7 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.supervisor = sender
             self._bridge_path = msg.bridge_path
             self._frames_to = msg.frames_to
-        elif self.state == "passivated" and isinstance(msg, (Attach, Action, Activate)):
+        elif self.state == "passivated" and isinstance(msg, (Attach, Action, Activate, FileRequest)):
             self.send(self.supervisor, Bounced(self.session_id or "", msg))
         elif isinstance(msg, Activate):
             self._activate(msg)
@@ -107,6 +108,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             self._detach(msg.conn_id)
         elif isinstance(msg, Action):
             self._on_action(msg.conn_id, msg.action)
+        elif isinstance(msg, FileRequest):
+            self._on_file_request(msg)
         elif isinstance(msg, ActorExitRequest):
             self._shutdown()
         elif isinstance(msg, PoisonMessage):
@@ -234,7 +237,7 @@ class SessionActor(Actor):  # type: ignore[misc]
             self._send_to([conn], [error_frame(str(exc), 400)])
             return
         (event,) = self._emit([action_event_fields(action)])
-        if not self.runtime.busy and not self.queue:
+        if self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
         else:
             self.queue.append(event)
@@ -270,7 +273,7 @@ class SessionActor(Actor):  # type: ignore[misc]
 
     def _after_runtime_progress(self) -> None:
         assert self.runtime is not None
-        while self.queue and not self.runtime.busy:
+        while self.queue and self.runtime.ready and not self.runtime.busy:
             self._begin(self.queue.popleft())
         if self.passivate_when_idle and not self.runtime.busy and not self.queue and not self.conns:
             self._passivate()
@@ -299,6 +302,23 @@ class SessionActor(Actor):  # type: ignore[misc]
             log.warning(
                 "session %s: gateway unreachable, frame dropped (events stay stored)", self.session_id
             )
+
+    def _on_file_request(self, msg: FileRequest) -> None:
+        """REST access to the workspace, confined like ``read``; answered on the bridge."""
+        assert self.runtime is not None
+        body: Any
+        try:
+            if msg.op == "list":
+                status, body = 200, self.runtime.list_files(msg.path)
+            else:
+                status, body = 200, {"path": msg.path, "content": self.runtime.read_file(msg.path)}
+        except ActionError as exc:
+            status, body = 400, {"error": str(exc)}
+        except FileNotFoundError:
+            status, body = 404, {"error": f"No such file or directory: {msg.path}"}
+        except OSError as exc:
+            status, body = 400, {"error": f"Cannot read {msg.path}: {exc.strerror or exc}"}
+        self.outbox_send({"t": "reply", "req": msg.req, "status": status, "body": body})
 
     # -- bridge and timers --------------------------------------------------------
     def _on_watch(self, ready: list[int]) -> None:

@@ -43,6 +43,7 @@ from .messages import (
     Configured,
     Detach,
     Disconnect,
+    FileRequest,
     Frame,
     Init,
     Passivated,
@@ -412,11 +413,27 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                 self._on_disconnect(frame["conn"])
             elif kind == "action":
                 self._on_action(Action(frame["conn"], frame["session_id"], frame["action"]))
+            elif kind == "query" and frame.get("op") in ("list_files", "read_file"):
+                self._on_file_query(frame)
             elif kind == "query":
                 status, body = self._on_query(
                     Query(frame["op"], frame.get("session_id"), frame.get("req", 0))
                 )
                 self.outbox.send({"t": "reply", "req": frame.get("req", 0), "status": status, "body": body})
+
+    def _on_file_query(self, frame: dict[str, Any]) -> None:
+        """Workspace reads go to the session actor (rehydrating a passivated one), which replies."""
+        entry = self._entry(frame.get("session_id") or "")
+        if entry is None or entry.deleting:
+            assert self.outbox is not None
+            self.outbox.send(
+                {"t": "reply", "req": frame["req"], "status": 404, "body": {"error": "Unknown session"}}
+            )
+            return
+        if entry.state == "failed":
+            entry.restarts.clear()
+        op = "list" if frame["op"] == "list_files" else "read"
+        self._deliver(entry, FileRequest(int(frame["req"]), op, str(frame.get("path") or ".")))
 
     # -- queries ------------------------------------------------------------------
     def _info(self, session_id: str) -> dict[str, Any] | None:

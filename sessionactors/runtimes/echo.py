@@ -92,6 +92,16 @@ class EchoRuntime(Runtime):
         command = event["args"]["command"]
         return [observation("run", "", event["id"], {"command": command, "exit_code": 0})]
 
+    def list_files(self, path: str = ".") -> list[dict[str, Any]]:
+        if path not in ("", "."):
+            raise FileNotFoundError(path)
+        return [{"name": n, "type": "file", "size": len(c.encode())} for n, c in sorted(self._files.items())]
+
+    def read_file(self, path: str, limit: int = 1_000_000) -> str:
+        if path not in self._files:
+            raise FileNotFoundError(path)
+        return self._files[path]
+
     def state(self) -> dict[str, Any]:
         return {"files": dict(self._files)}
 
