@@ -355,14 +355,16 @@ class Gateway:
         self._emit_one(conn, error_frame(message, code))
 
     # -- queries (REST) ------------------------------------------------------------------
-    def query(self, op: str, session_id: str | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def query(
+        self, op: str, session_id: str | None = None, timeout: float = 5.0, **extra: Any
+    ) -> tuple[int, Any]:
         """Ask the supervisor over the bridge; (503, ...) when it does not answer."""
         if self.supervisor is None:
             return 503, {"error": "supervisor unreachable"}
         req = next(self._req)
         waiter = GreenEvent()
         self.replies[req] = waiter
-        if not self.supervisor.send({"t": "query", "op": op, "session_id": session_id, "req": req}):
+        if not self.supervisor.send({"t": "query", "op": op, "session_id": session_id, "req": req, **extra}):
             self.replies.pop(req, None)
             return 503, {"error": "supervisor unreachable"}
         result = waiter.wait(timeout)

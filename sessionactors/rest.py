@@ -30,6 +30,7 @@ __all__ = ["RestApp"]
 log = logging.getLogger("sessionactors.rest")
 
 _SESSION = re.compile(r"^/api/sessions/([0-9a-f]{1,64})(/events)?/?$")
+_FILES = re.compile(r"^/api/sessions/([0-9a-f]{1,64})/files(?:/(.+))?/?$")
 _ADMIN_SESSION = re.compile(r"^/api/admin/sessions/([0-9a-f]{1,64})/?$")
 _STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
            404: "404 Not Found", 405: "405 Method Not Allowed", 503: "503 Service Unavailable",
@@ -112,6 +113,9 @@ class RestApp:
             if admin is not None and method == "DELETE":
                 return self.gateway.query("delete", admin.group(1))
             return 404, {"error": "not found"}
+        files = _FILES.match(path)
+        if files is not None:
+            return self._files(method, files.group(1), files.group(2), environ)
         match = _SESSION.match(path)
         if match is None:
             return 404, {"error": "not found"}
@@ -127,6 +131,18 @@ class RestApp:
             return self.gateway.query("delete", session_id)
         keys = ("session_id", "state", "connections", "last_event_id")
         return 200, {k: info[k] for k in keys}
+
+    def _files(self, method: str, session_id: str, rel: str | None, environ: dict[str, Any]) -> tuple[int, Any]:
+        """List a workspace directory or read a file, through the session actor (rehydrated if needed)."""
+        if method != "GET":
+            return 405, {"error": "method not allowed"}
+        status, info = self._authorize(session_id, environ)
+        if status != 200:
+            return status, info
+        if rel is None:
+            where = parse_qs(environ.get("QUERY_STRING", "")).get("path", ["."])[0]
+            return self.gateway.query("list_files", session_id, timeout=30.0, path=where)
+        return self.gateway.query("read_file", session_id, timeout=30.0, path=rel)
 
     def _authorize(self, session_id: str, environ: dict[str, Any]) -> tuple[int, Any]:
         auth = environ.get("HTTP_AUTHORIZATION", "")
