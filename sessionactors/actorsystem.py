@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .errors import ActorSystemInUse
+from .logs import formatter_config
 
 __all__ = [
     "restrict_to_loopback",
@@ -68,7 +69,12 @@ def system_capabilities(admin_port: int) -> dict[str, Any]:
 
 
 def start_system(
-    base: str, admin_port: int, ip: str = "127.0.0.1", multi_host: bool = False, log_level: str = "warning"
+    base: str,
+    admin_port: int,
+    ip: str = "127.0.0.1",
+    multi_host: bool = False,
+    log_level: str = "warning",
+    log_json: bool = False,
 ) -> Any:
     """Start a new actor system; refuse to join one that is already there.
 
@@ -87,7 +93,7 @@ def start_system(
         )
     logcfg = {
         "version": 1,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "formatters": {"plain": formatter_config(log_json)},
         # Actor processes log through Thespian's logger process, which inherits our stderr.
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
         "root": {"handlers": ["stderr"], "level": log_level.upper()},

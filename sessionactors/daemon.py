@@ -215,6 +215,7 @@ class Daemon:
             self.cfg.actor_ip,
             self.cfg.multi_host,
             self.cfg.log_level,
+            self.cfg.log_json,
         )
         admin_pid = listening_pid(self.cfg.admin_port)
         self.actor_pgid = os.getpgid(admin_pid) if admin_pid else 0

@@ -18,7 +18,6 @@ import itertools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -32,6 +31,8 @@ from .auth import GitHubVerifier, TokenSigner, load_allowlist, load_or_create_se
 from .bridge import FrameReader, encode  # noqa: E402
 from .config import Config  # noqa: E402
 from .errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from .logs import setup_logging  # noqa: E402
+from .metrics import GatewayMetrics  # noqa: E402
 from .protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
@@ -114,6 +115,8 @@ class Gateway:
         self.replies: dict[int, GreenEvent] = {}
         self._req = itertools.count(1)
         self.counters: dict[str, int] = {"events_sent": 0, "slow_disconnects": 0}
+        self.metrics = GatewayMetrics(self.query)
+        self.last_error_code = 0
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         """CORS with ``cors_origins`` set: those origins, plus this server's own."""
@@ -127,9 +130,11 @@ class Gateway:
     # -- Socket.IO handlers ----------------------------------------------------------
     def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         self.buckets[sid] = _Bucket(self.cfg.rate_limit, self.cfg.rate_burst)
+        self.metrics.connections.inc()
         return True
 
     def on_disconnect(self, sid: str, *args: Any) -> None:
+        self.metrics.connections.dec()
         self.buckets.pop(sid, None)
         self.conn_session.pop(sid, None)
         self.conn_last.pop(sid, None)
@@ -146,8 +151,8 @@ class Gateway:
             pending = self.pending_init.get(sid)
             if pending is not None:  # after the INIT in flight: answers must not cross
                 pending[1].append(data)
-            else:
-                self._on_init(sid, data)
+            elif not self._on_init(sid, data):
+                self.metrics.inits.labels(f"error_{self.last_error_code}").inc()
             return
         try:
             action = parse_action(data, self.cfg.max_field_bytes)
@@ -166,6 +171,7 @@ class Gateway:
             self._error(sid, NOT_ATTACHED, 400)
             return
         frame = {"t": "action", "conn": sid, "session_id": session_id, "action": action}
+        self.metrics.actions.labels(action["action"]).inc()
         link = self.session_links.get(session_id)
         if link is not None and link.send(frame):
             return
@@ -180,9 +186,11 @@ class Gateway:
             self._error(sid, str(exc), 400)
             return False
         session_id = user_id = login = None
+        token_version = 0
         try:
             if req.token is not None:
-                session_id = self.signer.verify(req.token).session_id
+                claims = self.signer.verify(req.token)
+                session_id, token_version = claims.session_id, claims.token_version
             if req.github_token is not None:
                 if self.verifier is None:
                     raise AuthError("GitHub verification is not configured")
@@ -215,6 +223,7 @@ class Gateway:
                 "user_login": login,
                 "args": req.args,
                 "latest_event_id": req.latest_event_id,
+                "token_version": token_version,  # the supervisor refuses a revoked one
             }
         )
         return True
@@ -228,6 +237,8 @@ class Gateway:
             self._init_ok(frame["conn"], frame["session_id"], frame.get("token_version", 0))
         elif kind == "detach":
             self.conn_session.pop(frame["conn"], None)
+        elif kind == "metrics":
+            self.metrics.observe_session_report(frame)
         elif kind == "reply":
             waiter = self.replies.pop(frame["req"], None)
             if waiter is not None:
@@ -259,6 +270,7 @@ class Gateway:
         self.conn_last[conn] = -1 if latest is None else latest
         token = self.signer.issue(session_id, token_version)
         self._emit_one(conn, {"status": "ok", "token": token, "session_id": session_id})
+        self.metrics.inits.labels("ok").inc()
         self._flush_held(conn)
 
     def _deliver(self, link: ActorLink, conns: list[str], payloads: list[dict[str, Any]]) -> None:
@@ -284,6 +296,7 @@ class Gateway:
             if targets:
                 self._emit_many(targets, payload)
             for conn in failed:  # after the error: what came after the failed INIT
+                self.metrics.inits.labels(f"error_{payload.get('error_code')}").inc()
                 self._flush_held(conn)
 
     def _let_writers_run(self, conns: list[str]) -> None:
@@ -330,6 +343,7 @@ class Gateway:
             eio_packet.Packet(eio_packet.MESSAGE, p)
             for p in (encoded if isinstance(encoded, list) else [encoded])
         ]
+        stored = isinstance(payload.get("id"), int)
         for conn in conns:
             eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
@@ -341,6 +355,8 @@ class Gateway:
             for p in eio_pkts:
                 self.sio.eio.send_packet(eio_sid, p)
             self.counters["events_sent"] += 1
+            if stored:
+                self.metrics.frames_sent.inc()
 
     def _emit_one(self, conn: str, payload: dict[str, Any]) -> None:
         self._emit_many([conn], payload)
@@ -348,10 +364,12 @@ class Gateway:
     def _drop_slow(self, conn: str) -> None:
         log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
         self.counters["slow_disconnects"] += 1
+        self.metrics.slow.inc()
         self.buckets.pop(conn, None)  # no more frames for it
         eventlet.spawn_n(self.sio.disconnect, conn)
 
     def _error(self, conn: str, message: str, code: int) -> None:
+        self.last_error_code = code
         self._emit_one(conn, error_frame(message, code))
 
     # -- queries (REST) ------------------------------------------------------------------
@@ -436,11 +454,7 @@ def main() -> None:
 
     cfg = Config.from_json(os.environ["_SA_GATEWAY_CONFIG"])
     bridge_path = os.environ["_SA_BRIDGE"]
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(cfg.log_level, cfg.log_json)
     gateway, app = build(cfg)
     gateway.serve_bridge(bridge_path)
     eventlet.spawn_n(_exit_with_parent, os.getppid())

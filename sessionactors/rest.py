@@ -1,7 +1,8 @@
 """The HTTP API served on the Socket.IO port (WSGI; python-socketio's ``WSGIApp`` routes to it).
 
 Session routes take the session token as ``Authorization: Bearer <token>``; a
-session bound to a GitHub user also needs that user's ``X-GitHub-Token``. The
+session bound to a GitHub user also needs that user's ``X-GitHub-Token``. A token
+issued before the session's last ``POST /api/sessions/<id>/revoke`` is refused. The
 administrative routes (used by ``sessionactors status`` and ``sessions``) take the
 admin token the daemon writes to ``<data_dir>/run/admin.token`` (mode 0600).
 """
@@ -31,6 +32,7 @@ log = logging.getLogger("sessionactors.rest")
 
 _SESSION = re.compile(r"^/api/sessions/([0-9a-f]{1,64})(/events)?/?$")
 _FILES = re.compile(r"^/api/sessions/([0-9a-f]{1,64})/files(?:/(.+))?/?$")
+_REVOKE = re.compile(r"^/api/sessions/([0-9a-f]{1,64})/revoke/?$")
 _ADMIN_SESSION = re.compile(r"^/api/admin/sessions/([0-9a-f]{1,64})/?$")
 _STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
            404: "404 Not Found", 405: "405 Method Not Allowed", 503: "503 Service Unavailable",
@@ -56,6 +58,11 @@ class RestApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if method == "GET" and path == "/metrics":
+            data = self.gateway.metrics.render()
+            start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                      ("Content-Length", str(len(data)))])  # fmt: skip
+            return [data]
         if method == "GET" and (path == "/" or path.startswith("/static/")):
             return self._static("index.html" if path == "/" else path[len("/static/") :], start_response)
         try:
@@ -101,6 +108,8 @@ class RestApp:
         return [data]
 
     def route(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        if path == "/api/ready":
+            return self._ready()
         if path == "/api/health":
             status, _ = self.gateway.query("ping", timeout=2.0)
             return (200, {"status": "ok"}) if status == 200 else (503, {"status": "unavailable"})
@@ -116,6 +125,9 @@ class RestApp:
         files = _FILES.match(path)
         if files is not None:
             return self._files(method, files.group(1), files.group(2), environ)
+        revoke = _REVOKE.match(path)
+        if revoke is not None:
+            return self._revoke(method, revoke.group(1), environ)
         match = _SESSION.match(path)
         if match is None:
             return 404, {"error": "not found"}
@@ -132,7 +144,22 @@ class RestApp:
         keys = ("session_id", "state", "connections", "last_event_id")
         return 200, {k: info[k] for k in keys}
 
-    def _files(self, method: str, session_id: str, rel: str | None, environ: dict[str, Any]) -> tuple[int, Any]:
+    def _ready(self) -> tuple[int, Any]:
+        """Ready when the supervisor answers and the store can be read."""
+        status, _ = self.gateway.query("ping", timeout=2.0)
+        checks = {"supervisor": status == 200}
+        try:
+            self.store.count_sessions()
+            checks["store"] = True
+        except Exception:
+            log.exception("readiness: store check failed")
+            checks["store"] = False
+        ready = all(checks.values())
+        return (200 if ready else 503), {"status": "ready" if ready else "not ready", "checks": checks}
+
+    def _files(
+        self, method: str, session_id: str, rel: str | None, environ: dict[str, Any]
+    ) -> tuple[int, Any]:
         """List a workspace directory or read a file, through the session actor (rehydrated if needed)."""
         if method != "GET":
             return 405, {"error": "method not allowed"}
@@ -143,6 +170,18 @@ class RestApp:
             where = parse_qs(environ.get("QUERY_STRING", "")).get("path", ["."])[0]
             return self.gateway.query("list_files", session_id, timeout=30.0, path=where)
         return self.gateway.query("read_file", session_id, timeout=30.0, path=rel)
+
+    def _revoke(self, method: str, session_id: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        """Revoke every token of the session; answer a new one (the caller keeps access)."""
+        if method != "POST":
+            return 405, {"error": "method not allowed"}
+        status, info = self._authorize(session_id, environ)
+        if status != 200:
+            return status, info
+        status, body = self.gateway.query("revoke", session_id)
+        if status != 200:
+            return status, body
+        return 200, {"token": self.gateway.signer.issue(session_id, int(body["token_version"]))}
 
     def _authorize(self, session_id: str, environ: dict[str, Any]) -> tuple[int, Any]:
         auth = environ.get("HTTP_AUTHORIZATION", "")
@@ -157,6 +196,8 @@ class RestApp:
         status, info = self.gateway.query("info", session_id)
         if status != 200:
             return status, info
+        if claims.token_version < int(info.get("token_version") or 0):  # issued before a revoke
+            return 401, {"error": "Invalid token"}
         if info.get("owner") is not None:
             github_token = environ.get("HTTP_X_GITHUB_TOKEN")
             try:

@@ -83,6 +83,10 @@ class SessionActor(Actor):  # type: ignore[misc]
         self.queue: deque[dict[str, Any]] = deque()
         self.passivate_when_idle = False
         self.armed_deadline: float | None = None
+        # latency samples reported to the gateway's /metrics in batches (see metrics.py)
+        self.samples: dict[str, Any] = {"append": [], "actions": [], "stored": 0}
+        self.samples_flushed = time.monotonic()
+        self.samples_armed = False
 
     # -- Thespian entry point ---------------------------------------------------
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
@@ -92,6 +96,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             except Exception:  # a bridge frame has no sender to poison: log and carry on
                 log.exception("session %s: error handling bridge input", self.session_id)
         elif isinstance(msg, WakeupMessage):
+            if msg.payload == "metrics":
+                self.samples_armed = False
             self._on_wakeup(msg.payload)
         elif isinstance(msg, Configure):
             self.cfg = Config.from_json(msg.config_json)
@@ -117,7 +123,21 @@ class SessionActor(Actor):  # type: ignore[misc]
         elif isinstance(msg, ChildActorExited):
             pass
         self._arm_runtime_deadline()
+        self._report_samples()
         return self._watch()
+
+    def _report_samples(self, force: bool = False) -> None:
+        """Send latency samples at most every 0.25 s (a wakeup flushes the stragglers)."""
+        if not (self.samples["append"] or self.samples["actions"]) or self.state == "pooled":
+            return
+        now = time.monotonic()
+        if force or now - self.samples_flushed >= 0.25:
+            self.outbox_send({"t": "metrics", **self.samples})
+            self.samples = {"append": [], "actions": [], "stored": 0}
+            self.samples_flushed = now
+        elif not self.samples_armed:
+            self.samples_armed = True
+            self.wakeupAfter(0.3, payload="metrics")
 
     def _watch(self) -> Any:
         fds: list[int] = []
@@ -159,6 +179,12 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
         self.store.update_session(msg.session_id, state="live", last_active=time.time())
         self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
+        log.info(
+            "session activated (incarnation %d, pid %d)",
+            msg.incarnation,
+            os.getpid(),
+            extra={"session_id": msg.session_id},
+        )
         if msg.resume:
             self._resume(msg.resume)
         if not self.conns:
@@ -197,6 +223,7 @@ class SessionActor(Actor):  # type: ignore[misc]
             self._send_to([conn], page)
             start = page[-1]["id"] + 1
         self.conns[conn] = None
+        log.info("connection attached", extra={"session_id": self.session_id, "conn_id": conn})
 
     def _start_runtime(self, conn: str) -> bool:
         assert self.runtime is not None
@@ -228,6 +255,7 @@ class SessionActor(Actor):  # type: ignore[misc]
 
     # -- actions ----------------------------------------------------------------
     def _on_action(self, conn: str, action: dict[str, Any]) -> None:
+        started = time.perf_counter()
         if conn not in self.conns or self.runtime is None:
             self._send_to([conn], [error_frame(NOT_ATTACHED, 400)])
             return
@@ -237,6 +265,7 @@ class SessionActor(Actor):  # type: ignore[misc]
             self._send_to([conn], [error_frame(str(exc), 400)])
             return
         (event,) = self._emit([action_event_fields(action)])
+        self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
         if self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
         else:
@@ -287,7 +316,10 @@ class SessionActor(Actor):  # type: ignore[misc]
             event = {"id": self.next_id + i, "timestamp": stamp}
             event.update(fields)
             events.append(event)
+        started = time.perf_counter()
         self.store.append(self.session_id, events)
+        self.samples["append"].append(round(time.perf_counter() - started, 6))
+        self.samples["stored"] += len(events)
         self.next_id += len(events)
         if self.conns:
             self._send_to(list(self.conns), events)
@@ -381,11 +413,12 @@ class SessionActor(Actor):  # type: ignore[misc]
             fields["runtime_state"] = runtime_state
         self.store.update_session(self.session_id, **fields)
         self.started = False
+        self._report_samples(force=True)
         if self.outbox is not None:
             self.outbox.close()
 
     def _passivate(self) -> None:
-        log.info("session %s: passivating (pid %d)", self.session_id, os.getpid())
+        log.info("passivating (pid %d)", os.getpid(), extra={"session_id": self.session_id})
         self._persist_and_stop()
         self.state = "passivated"
         self.send(self.supervisor, Passivated(self.session_id or "", self.incarnation))

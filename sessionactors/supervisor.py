@@ -98,6 +98,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         self.shutdown_waiter: Any = None
         self.stopping = False  # set by Shutdown: no new actors, no restarts
         self.reconnect_armed = False
+        self.stats = {"created": 0, "passivations": 0, "rehydrations": 0, "restarts": 0}
 
     # -- Thespian entry point ---------------------------------------------------
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
@@ -203,6 +204,8 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         else:
             entry.address = self._spawn()
         entry.incarnation += 1
+        if not created and not resume:
+            self.stats["rehydrations"] += 1
         entry.state = "live"
         self.send(entry.address, Activate(entry.session_id, entry.incarnation, created, resume))
         buffered, entry.buffered = entry.buffered, []
@@ -244,6 +247,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                 state="live",
             )
             self.store.create_session(record)
+            self.stats["created"] += 1
             entry = Entry(session_id, msg.user_id)
             self.sessions[session_id] = entry
             created = True
@@ -253,6 +257,9 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                 self._answer(conn, [error_frame("Invalid token", 401)])
                 return
             entry, created = found, False
+            if msg.token_version < entry.token_version:  # issued before a revoke
+                self._answer(conn, [error_frame("Invalid token", 401)])
+                return
             if entry.owner is not None and entry.owner != msg.user_id:
                 self._answer(conn, [error_frame("Forbidden", 403)])
                 return
@@ -303,6 +310,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         if entry is None or entry.incarnation != msg.incarnation or entry.state != "live":
             return
         entry.state = "passivating"
+        self.stats["passivations"] += 1
         self.send(entry.address, ActorExitRequest())
 
     def _on_bounced(self, msg: Bounced) -> None:
@@ -360,6 +368,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
             entry.buffered.clear()
             return
         entry.restarts.append(now)
+        self.stats["restarts"] += 1
         log.warning("supervisor: session %s exited unexpectedly; restarting", entry.session_id)
         self._activate(entry, resume=tuple(entry.conns))
 
@@ -407,6 +416,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                         frame.get("user_login"),
                         frame.get("args") or {},
                         frame.get("latest_event_id", -1),
+                        int(frame.get("token_version") or 0),
                     )
                 )
             elif kind == "disconnect":
@@ -462,11 +472,26 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         assert self.store is not None
         if msg.op == "ping":
             return 200, {"status": "ok", "sessions": len(self.sessions)}
+        if msg.op == "stats":
+            live = sum(1 for e in self.sessions.values() if e.state in ("live", "passivating"))
+            failed = self.store.count_sessions("failed")
+            total = self.store.count_sessions()
+            return 200, {**self.stats, "live": live, "failed": failed, "passivated": total - live - failed}
         if msg.op == "info":
             info = self._info(msg.session_id or "")
             return (200, info) if info is not None else (404, {"error": "Unknown session"})
         if msg.op == "list":
             return 200, [self._info(r.session_id) for r in self.store.list_sessions()]
+        if msg.op == "revoke":  # every token issued so far stops working; the caller mints a new one
+            entry = self._entry(msg.session_id or "")
+            record = self.store.get_session(msg.session_id or "")
+            if entry is None or entry.deleting or record is None:
+                return 404, {"error": "Unknown session"}
+            version = max(entry.token_version, record.token_version) + 1
+            self.store.update_session(entry.session_id, token_version=version)
+            entry.token_version = version
+            log.info("supervisor: session %s tokens revoked (version %d)", entry.session_id, version)
+            return 200, {"session_id": entry.session_id, "token_version": version}
         if msg.op == "delete":
             entry = self._entry(msg.session_id or "")
             if entry is None or entry.deleting:
