@@ -64,6 +64,7 @@ SUPERVISOR_NAME = "sessionactors-supervisor"
 _RECONNECT = "reconnect"
 _REFILL = "refill"
 _SHUTDOWN_TIMEOUT = "shutdown-timeout"
+_RETENTION = "retention"
 
 
 @dataclass
@@ -166,6 +167,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
             frames_to = msg.frames_to
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
         self._refill_pool()
+        self._sweep_retention()
         self.send(sender, Configured(self.store.count_sessions()))
 
     # -- helpers ----------------------------------------------------------------
@@ -386,9 +388,26 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                 self._arm_reconnect()
         elif payload == _REFILL:
             self._refill_pool()
+        elif payload == _RETENTION:
+            self._sweep_retention()
         elif payload == _SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")
             self._finish_shutdown()
+
+    def _sweep_retention(self) -> None:
+        """Delete sessions passivated for longer than ``retention_days`` (0: keep forever)."""
+        assert self.cfg is not None and self.store is not None
+        keep = self.cfg.retention_days * 86400.0
+        if keep <= 0 or self.stopping:
+            return
+        cutoff = time.time() - keep
+        for record in self.store.list_sessions("passivated"):
+            entry = self.sessions.get(record.session_id)
+            if record.last_active < cutoff and (entry is None or entry.state == "passivated"):
+                log.info("retention: deleting session idle since %s", record.last_active,
+                         extra={"session_id": record.session_id})  # fmt: skip
+                self._delete(entry or self._entry(record.session_id))  # type: ignore[arg-type]
+        self.wakeupAfter(min(3600.0, max(0.1, keep / 4)), payload=_RETENTION)
 
     def _arm_reconnect(self) -> None:
         if not self.reconnect_armed:
