@@ -1,28 +1,41 @@
-"""The supervisor and session actors' logic on Thespian's simpleSystemBase (fast, in-process)."""
+"""The supervisor and session actors' logic, driven by messages (no gateway).
+
+Every test runs on Thespian's simpleSystemBase (fast, in-process) and on
+multiprocTCPBase (each actor its own process, a private admin port on loopback),
+as Thespian's own test fixture does.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pytest
 from thespian.actors import ActorSystem
 
+from sessionactors.actorsystem import restrict_to_loopback, shutdown_system, system_capabilities
 from sessionactors.config import Config
+from sessionactors.daemon import group_members, listening_pid
 from sessionactors.messages import Action, Configure, Configured, Disconnect, Init, Query, QueryReply
 from sessionactors.supervisor import SupervisorActor
 
 from .actor_helpers import Collector, frames_for, wait_until
+from .daemon_harness import free_port
 
 
 class Harness:
     """A supervisor on simpleSystemBase whose frames land in a Collector."""
 
-    def __init__(self, tmp_path: Any, **overrides: Any) -> None:
-        self.cfg = Config(
-            data_dir=tmp_path, runtime="echo", pool_size=0, actor_base="simpleSystemBase", **overrides
-        )
-        self.asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    def __init__(self, tmp_path: Any, base: str, **overrides: Any) -> None:
+        self.cfg = Config(data_dir=tmp_path, runtime="echo", pool_size=0, actor_base=base, **overrides)
+        self.base = base
+        self.admin_port = free_port()
+        if base == "simpleSystemBase":
+            self.asys = ActorSystem(base, transientUnique=True)
+        else:
+            restrict_to_loopback()
+            self.asys = ActorSystem(base, system_capabilities(self.admin_port), transientUnique=True)
         self.collector = self.asys.createActor(Collector)
         self.sup = self.asys.createActor(SupervisorActor)
         reply = self.asys.ask(self.sup, Configure(self.cfg.to_json(), None, self.collector), 5)
@@ -52,11 +65,15 @@ class Harness:
         return [f for f in self.to(conn) if isinstance(f.get("id"), int)]
 
 
-@pytest.fixture
-def h(tmp_path: Any) -> Any:
-    harness = Harness(tmp_path, close_delay=0.3)
+@pytest.fixture(params=["simpleSystemBase", "multiprocTCPBase"])
+def h(request: Any, tmp_path: Any) -> Any:
+    harness = Harness(tmp_path, request.param, close_delay=0.3)
+    admin = listening_pid(harness.admin_port) if harness.base != "simpleSystemBase" else None
+    pgid = os.getpgid(admin) if admin else None
     yield harness
-    harness.asys.shutdown()
+    shutdown_system(harness.asys, None if harness.base == "simpleSystemBase" else harness.admin_port)
+    if pgid is not None:  # the actor system's processes (its admin setsid()s) must all be gone
+        wait_until(lambda: not group_members(pgid), 10)
 
 
 def message(conn: str, sid: str, text: str) -> Action:
