@@ -47,3 +47,31 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 def daemon(daemon_factory: Any) -> DaemonProcess:
     """One running daemon with the echo runtime and a 1 s close_delay."""
     return daemon_factory(close_delay=1.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: Any) -> Iterator[None]:
+    """After the whole run, no daemon, gateway or actor of ours may remain (they name our tmp dir)."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    import signal
+
+    from sessionactors.daemon import pid_alive
+
+    leftovers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if base in cmdline and "sessionactors" in cmdline and pid_alive(int(entry)):
+            leftovers.append((int(entry), cmdline[:200]))
+    for pid, _ in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not leftovers, f"processes left behind by the test run: {leftovers}"
