@@ -653,7 +653,7 @@ def machine() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("thespian", "eventlet", "python-socketio", "python-engineio", "aiohttp", "uvloop", "py-spy"):
         try:
             from importlib.metadata import version
@@ -748,8 +748,9 @@ def run(plan: Plan, out_dir: Path = RESULTS) -> dict[str, Any]:
     meta["duration_s"] = round(time.time() - started, 1)
     meta["startup_s"] = startup
     meta["plan"] = asdict(plan)
-    meta["daemon_settings"] = targets["ours"].settings if isinstance(targets.get("ours"), OursTarget) else {}
-    result = {
+    ours_target = targets.get("ours")
+    meta["daemon_settings"] = ours_target.settings if isinstance(ours_target, OursTarget) else {}
+    result: dict[str, Any] = {
         "meta": meta,
         "figures": state.figures,
         "growth": state.growth,
@@ -763,7 +764,7 @@ def run(plan: Plan, out_dir: Path = RESULTS) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = out_dir / f"bench-{plan.mode}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
-    (out_dir / f"bench-{plan.mode}-{stamp}.md").write_text(result["markdown"])
+    (out_dir / f"bench-{plan.mode}-{stamp}.md").write_text(str(result["markdown"]))
     print(result["markdown"])
     print(f"\n(results written to {path.relative_to(REPO)})")
     return result

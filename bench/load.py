@@ -19,6 +19,7 @@ import random
 import resource
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -248,7 +249,7 @@ class Worker:
         def handler(payload: dict[str, Any], now: float) -> None:
             args = payload.get("args")
             if isinstance(args, dict):
-                sched = pending.pop(args.get("content"), None)
+                sched = pending.pop(str(args.get("content")), None)
                 if sched is not None:
                     latencies.append((now - sched) * 1000)
 
@@ -481,10 +482,12 @@ class LoadPool:
         return [p.pid for p in self.procs]
 
     def call(
-        self, step: str, params: list[dict[str, Any]] | dict[str, Any], timeout: float = 600
+        self, step: str, params: Sequence[dict[str, Any] | None] | dict[str, Any], timeout: float = 600
     ) -> list[Any]:
         """Run ``step`` on every worker (``params`` per worker, or the same dict for all) and wait."""
-        per_worker = params if isinstance(params, list) else [params] * self.n
+        per_worker: list[dict[str, Any] | None] = (
+            list(params) if not isinstance(params, dict) else [params] * self.n
+        )
         active = [(pipe, p) for pipe, p in zip(self.pipes, per_worker, strict=True) if p is not None]
         for pipe, p in active:
             pipe.send((step, p))
@@ -500,7 +503,7 @@ class LoadPool:
 
     def one(self, step: str, params: dict[str, Any], timeout: float = 600) -> Any:
         """Run ``step`` on worker 0 only."""
-        return self.call(step, [params] + [None] * (self.n - 1), timeout)[0]  # type: ignore[list-item]
+        return self.call(step, [params] + [None] * (self.n - 1), timeout)[0]
 
     def close(self) -> None:
         for pipe in self.pipes:

@@ -48,7 +48,7 @@ class SioConn:
         self.http = http
         self.url = base_url.replace("http://", "ws://").rstrip("/") + "/socket.io/?EIO=4&transport=websocket"
         self.on_event = on_event
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.ws: Any = None  # aiohttp.ClientWebSocketResponse once connected
         self.reader: asyncio.Task[None] | None = None
         self.closed = False
         self.close_reason = ""

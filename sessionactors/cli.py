@@ -9,6 +9,7 @@ ask the running daemon (admin token) or, when none runs, read the store.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -16,13 +17,16 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime
 from typing import Any
 
 from .config import Config, load_config
 from .daemon import Daemon, health_ok, pid_alive, read_state
-from .errors import SessionActorsError
+from .errors import DaemonError, SessionActorsError
+from .logs import setup_logging
+from .runtime import load_runtime
 
 __all__ = ["main", "build_parser"]
 
@@ -42,11 +46,13 @@ def _common(p: argparse.ArgumentParser, serving: bool) -> None:
     p.add_argument("--data-dir", help="where everything is stored (default: per-user data dir)")
     p.add_argument("--config", help="TOML configuration file")
     if serving:
+        # No argparse type= here: load_config converts and checks every value, so that a bad
+        # flag is reported like a bad file or environment value (exit 1, naming the key).
         p.add_argument("--host", help="address to serve on (default 127.0.0.1)")
-        p.add_argument("--port", type=int, help="port to serve on (default 3000)")
-        p.add_argument("--close-delay", type=float, help="seconds before an unattended session passivates")
+        p.add_argument("--port", help="port to serve on (default 3000)")
+        p.add_argument("--close-delay", help="seconds before an unattended session passivates (default 15)")
         p.add_argument("--github-api-url", help="GitHub REST API base used to verify github_token")
-        p.add_argument("--admin-port", type=int, help="Thespian admin port (default 19500)")
+        p.add_argument("--admin-port", help="Thespian admin port (default 19500)")
         p.add_argument("--runtime", help="runtime name (local, echo, or an installed plugin)")
         p.add_argument("--log-level", help="debug, info, warning or error")
 
@@ -70,17 +76,36 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, flags)
 
 
+def exposure_warning(cfg: Config) -> str | None:
+    """The warning for serving beyond this machine without GitHub identities, or None.
+
+    Loopback (``localhost``, 127.0.0.0/8, ``::1``) is private to the machine's users;
+    any other host (an interface address, a wildcard, a name) may be reachable by others.
+    """
+    if cfg.require_github:
+        return None
+    if cfg.host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(cfg.host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return f"serving on {cfg.host} without require_github: anyone who can reach it can create sessions"
+
+
 def _serve(cfg: Config) -> int:
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.require_github:
-        logging.getLogger("sessionactors").warning(
-            "serving on %s without require_github: anyone who can reach it can create sessions", cfg.host
-        )
+    setup_logging(cfg.log_level, cfg.log_json)
+    warning = exposure_warning(cfg)
+    if warning:
+        logging.getLogger("sessionactors").warning("%s", warning)
     return Daemon(cfg).run()
+
+
+def _url_host(host: str) -> str:
+    """``host`` as this machine reaches it in a URL (wildcards to loopback, IPv6 in brackets)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 def _start(cfg: Config, argv: list[str]) -> int:
@@ -96,7 +121,7 @@ def _start(cfg: Config, argv: list[str]) -> int:
             serve_argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
         )
     deadline = time.monotonic() + 60
-    while not health_ok(cfg.host, cfg.port):
+    while not health_ok(_url_host(cfg.host), cfg.port):
         if proc.poll() is not None or time.monotonic() > deadline:
             print(f"the daemon did not start; see {log_path}", file=sys.stderr)
             if proc.poll() is None:
@@ -125,14 +150,22 @@ def _stop(cfg: Config) -> int:
 
 
 def _admin_get(cfg: Config, state: dict[str, Any], path: str, method: str = "GET") -> Any:
-    token = (cfg.run_dir / "admin.token").read_text().strip()
-    req = urllib.request.Request(
-        f"http://{state['host']}:{state['port']}{path}",
-        method=method,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    """Ask the running daemon's admin API; DaemonError (exit 1) when it cannot answer."""
+    try:
+        token = (cfg.run_dir / "admin.token").read_text().strip()
+    except OSError as exc:
+        raise DaemonError(f"cannot read the admin token: {exc}") from None
+    url = f"http://{_url_host(str(state['host']))}:{state['port']}{path}"
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            detail = exc.read(2000).decode("utf-8", "replace")
+        raise DaemonError(f"the daemon answered {method} {path} with HTTP {exc.code}: {detail}") from None
+    except (OSError, ValueError) as exc:
+        raise DaemonError(f"cannot reach the daemon at {url}: {exc}") from None
 
 
 def _sessions(cfg: Config) -> tuple[bool, list[dict[str, Any]]]:
@@ -222,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
+        if args.command in ("serve", "start"):
+            load_runtime(cfg.runtime)  # an unknown runtime is a configuration error, before starting
         if args.command == "serve":
             return _serve(cfg)
         if args.command == "start":

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,11 +30,22 @@ else:  # pragma: no cover
 __all__ = ["Config", "default_data_dir", "load_config", "ENV_PREFIX"]
 
 ENV_PREFIX = "SESSIONACTORS_"
+# ``SESSIONACTORS_*`` names that are not configuration keys: the file to read, and what the
+# local runtime sets in every session's shell (a ``sessionactors`` command run there must work).
+_NOT_KEYS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "SESSION_ID"})
 
 
-def default_data_dir() -> Path:
-    """The per-user data directory (XDG), where everything the daemon stores lives."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user data directory (XDG), where everything the daemon stores lives.
+
+    ``$XDG_DATA_HOME/sessionactors`` when that is set (and not empty), else
+    ``$HOME/.local/share/sessionactors``; read from ``environ`` (default ``os.environ``).
+    """
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME")
+    if not base:
+        home = environ.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "share")
     return Path(base) / "sessionactors"
 
 
@@ -80,10 +93,18 @@ class Config:
 
     def validate(self) -> Config:
         """Raise ConfigError for the first invalid value; return self."""
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("port", "must be between 0 and 65535")
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(key, "must be a finite number")
+        if not self.host:
+            raise ConfigError("host", "must not be empty")
+        # Port 0 (any free port) cannot work: the daemon and `start` wait for /api/health on `port`.
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("port", "must be between 1 and 65535")
         if not 1 <= self.admin_port <= 65535:
             raise ConfigError("admin_port", "must be between 1 and 65535")
+        if self.admin_port == self.port:
+            raise ConfigError("admin_port", f"must differ from port (both are {self.port})")
         if self.close_delay < 0:
             raise ConfigError("close_delay", "must be >= 0")
         if self.actor_base not in ("multiprocTCPBase", "simpleSystemBase"):
@@ -102,17 +123,39 @@ class Config:
             raise ConfigError("fsync", "must be 'full' or 'normal'")
         if self.pool_size < 0 or self.pool_size > 64:
             raise ConfigError("pool_size", "must be between 0 and 64")
-        if self.restart_intensity < 0 or self.restart_period <= 0:
-            raise ConfigError("restart_intensity", "needs intensity >= 0 and restart_period > 0")
+        if self.restart_intensity < 0:
+            raise ConfigError("restart_intensity", "must be >= 0")
+        if self.restart_period <= 0:
+            raise ConfigError("restart_period", "must be > 0 seconds")
+        if self.retention_days < 0:
+            raise ConfigError("retention_days", "must be >= 0 (0: keep forever)")
         if self.token_ttl <= 0:
             raise ConfigError("token_ttl", "must be > 0 seconds")
-        if not self.github_api_url.startswith(("http://", "https://")):
+        if self.token_secret is not None and len(self.token_secret.encode()) < 32:
+            raise ConfigError("token_secret", "must be at least 32 bytes")
+        if not re.match(r"https?://[^/\s]+", self.github_api_url):
             raise ConfigError("github_api_url", "must be an http(s) URL")
-        for key in ("max_frame_bytes", "max_field_bytes", "max_connections_per_session", "send_buffer"):
+        if self.github_timeout <= 0:
+            raise ConfigError("github_timeout", "must be > 0 seconds")
+        if self.github_cache_ttl < 0:
+            raise ConfigError("github_cache_ttl", "must be >= 0 seconds (0: no cache)")
+        if self.rate_limit <= 0:
+            raise ConfigError("rate_limit", "must be > 0 actions per second")
+        for key in (
+            "max_frame_bytes",
+            "max_field_bytes",
+            "max_connections_per_session",
+            "max_live_sessions_per_user",
+            "rate_burst",
+            "send_buffer",
+        ):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be > 0")
         if self.max_field_bytes > self.max_frame_bytes:
-            raise ConfigError("max_field_bytes", "must not exceed max_frame_bytes")
+            raise ConfigError(
+                "max_field_bytes",
+                f"must not exceed max_frame_bytes ({self.max_frame_bytes}); it is {self.max_field_bytes}",
+            )
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "must be debug, info, warning or error")
         return self
@@ -128,7 +171,7 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         """The inverse of ``to_json``."""
-        return _build(json.loads(text), source="json")
+        return _build(json.loads(text), "json")
 
     @property
     def run_dir(self) -> Path:
@@ -145,11 +188,16 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a file/env/flag value to the field's type, or raise ConfigError naming the key."""
+    """Convert a file/env/flag value to the field's type, or raise ConfigError naming the key.
+
+    Environment values are strings: numbers and booleans are parsed, lists are
+    comma-separated, tables are JSON objects, and an empty string unsets an optional key.
+    """
     kind = str(_FIELDS[key].type)
+    optional = kind.endswith("| None")
     try:
-        if value is None:
-            if "None" in kind:
+        if value is None or (optional and value == ""):
+            if optional:
                 return None
             raise ValueError("must not be empty")
         if kind == "bool":
@@ -160,17 +208,27 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 return True
             if text in ("0", "false", "no", "off"):
                 return False
-            raise ValueError("must be true or false")
+            raise ValueError(f"must be true or false, not {value!r}")
         if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("must be an integer")
-            return int(value)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError(f"must be an integer, not {value!r}")
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"must be an integer, not {value!r}") from None
         if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError("must be a number")
-            return float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(f"must be a number, not {value!r}")
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"must be a number, not {value!r}") from None
         if kind.startswith("Path"):
-            return Path(os.path.expanduser(str(value))) if value != "" else None
+            if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+                raise ValueError(f"must be a non-empty path, not {value!r}")
+            return Path(os.path.expanduser(str(value)))
         if kind.startswith("tuple"):
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -179,20 +237,25 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return tuple(value)
         if kind.startswith("dict"):
             if isinstance(value, str):
-                value = json.loads(value)
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise ValueError("must be a table (a JSON object in the environment)") from None
             if not isinstance(value, dict):
-                raise ValueError("must be a table")
+                raise ValueError("must be a table (a JSON object in the environment)")
             return dict(value)
-        if not isinstance(value, (str, int, float)):
-            raise ValueError("must be a string")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"must be a string, not {value!r}")
         return str(value)
-    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(key, f"{exc} (from {source})") from None
 
 
-def _build(raw: Mapping[str, Any], source: str) -> Config:
+def _build(raw: Mapping[str, Any], sources: str | Mapping[str, str]) -> Config:
+    """A validated Config from raw values; ``sources`` says where each came from (for errors)."""
     values = {}
     for key, value in raw.items():
+        source = sources if isinstance(sources, str) else sources[key]
         if key not in _FIELDS:
             raise ConfigError(key, f"unknown key (from {source})")
         values[key] = _coerce(key, value, source)
@@ -200,16 +263,22 @@ def _build(raw: Mapping[str, Any], source: str) -> Config:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    """The TOML file's keys, with the ``[runtime]`` table split into ``runtime``/``runtime_options``."""
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("config", f"file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"cannot read {str(path)!r}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{path}: {exc}") from None
-    if "runtime" in raw and isinstance(raw["runtime"], dict):
-        raw["runtime_options"] = raw.pop("runtime")
-        raw["runtime"] = raw["runtime_options"].pop("name", Config.runtime)
+        raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
+    if isinstance(raw.get("runtime"), dict):
+        if "runtime_options" in raw:
+            raise ConfigError("runtime_options", "give runtime options in the [runtime] table only")
+        options = dict(raw.pop("runtime"))
+        raw["runtime"] = options.pop("name", Config.runtime)
+        raw["runtime_options"] = options
     return raw
 
 
@@ -218,7 +287,12 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Merge defaults, the TOML file, the environment and CLI flags (later wins)."""
+    """Merge defaults, the TOML file, the environment and CLI flags (later wins).
+
+    ``config_file`` defaults to ``$SESSIONACTORS_CONFIG``; ``environ`` to ``os.environ``
+    (it also gives the default data directory, see ``default_data_dir``). A flag whose
+    value is None is not given. Raises ConfigError naming the key (and where it was set).
+    """
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -227,16 +301,18 @@ def load_config(
         for key, value in _read_file(Path(config_file)).items():
             merged[key], sources[key] = value, f"file {config_file}"
     for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+        if name.startswith(ENV_PREFIX) and name not in _NOT_KEYS:
             key = name[len(ENV_PREFIX) :].lower()
-            if key not in _FIELDS:
-                raise ConfigError(key, f"unknown key (from environment {name})")
             merged[key], sources[key] = value, f"environment {name}"
     for key, value in (flags or {}).items():
         if value is not None:
             merged[key], sources[key] = value, "command line"
-    values = {key: _coerce(key, value, sources[key]) for key, value in merged.items()}
-    for key in values:
-        if key not in _FIELDS:
-            raise ConfigError(key, f"unknown key (from {sources[key]})")
-    return Config(**values).validate()
+    if "data_dir" not in merged:
+        merged["data_dir"], sources["data_dir"] = default_data_dir(environ), "default"
+    try:
+        return _build(merged, sources)
+    except ConfigError as exc:
+        source = sources.get(exc.key)
+        if source is None or "(from " in exc.problem:
+            raise
+        raise ConfigError(exc.key, f"{exc.problem} (from {source})") from None

@@ -60,8 +60,10 @@ class Init:
     """Gateway (over the bridge) or a test -> supervisor: attach ``conn_id`` to a session.
 
     ``session_id`` None creates a new session. ``user_id``/``user_login`` are the
-    verified GitHub identity, if any. The answer goes to the connection through
-    the session's frames (INIT ok, replay, live) or an error frame.
+    verified GitHub identity, if any. ``token_version`` is the ``ver`` claim of the
+    token that named ``session_id``: below the record's ``token_version`` it was
+    revoked. The answer goes to the connection through the session's frames
+    (INIT ok, replay, live) or an error frame.
     """
 
     conn_id: str
@@ -70,6 +72,7 @@ class Init:
     user_login: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
     latest_event_id: int = -1
+    token_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ class SessionActor(Actor):  # type: ignore[misc]
         else:
             frames_to = self._frames_to
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
-        self.store.update_session(msg.session_id, state="live", last_active=time.time())
+        if record.state != "live":  # a new session's record says live already: spare an fsync
+            self.store.update_session(msg.session_id, state="live", last_active=time.time())
         self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
         log.info(
             "session activated (incarnation %d, pid %d)",
