@@ -104,7 +104,7 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.supervisor = sender
             self._bridge_path = msg.bridge_path
             self._frames_to = msg.frames_to
-        elif self.state == "passivated" and isinstance(msg, (Attach, Action, Activate, FileRequest)):
+        elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
             self.send(self.supervisor, Bounced(self.session_id or "", msg))
         elif isinstance(msg, Activate):
             self._activate(msg)
@@ -150,10 +150,17 @@ class SessionActor(Actor):  # type: ignore[misc]
     # -- activation -----------------------------------------------------------
     def _activate(self, msg: Activate) -> None:
         assert self.cfg is not None, "Configure must precede Activate"
+        # A recycled actor (back in the pool after passivating) starts from a clean slate;
+        # ``generation`` keeps counting so that a timer armed for the last session is stale.
+        self.conns.clear()
+        self.queue.clear()
+        self.passivate_when_idle = False
+        self.started = False
         self.session_id = msg.session_id
         self.incarnation = msg.incarnation
         self.created = msg.created
-        self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        if self.store is None:
+            self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
         record = self.store.get_session(msg.session_id)
         if record is None:
             raise SessionActorsError(f"no record for session {msg.session_id}")

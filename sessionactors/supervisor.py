@@ -311,8 +311,18 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         entry = self.sessions.get(msg.session_id)
         if entry is None or entry.incarnation != msg.incarnation or entry.state != "live":
             return
-        entry.state = "passivating"
         self.stats["passivations"] += 1
+        assert self.cfg is not None
+        if len(self.pool) < self.cfg.pool_size and not self.stopping:
+            # Recycle the process: it is clean (runtime stopped, record saved) and activating a
+            # pooled actor costs one message where a new one costs a fork. Messages we sent it
+            # before this point reach it first (per-pair FIFO) and are bounced back to us.
+            self.pool.append(entry.address)
+            entry.address, entry.pid, entry.state = None, None, "passivated"
+            if entry.buffered:
+                self._activate(entry)
+            return
+        entry.state = "passivating"
         self.send(entry.address, ActorExitRequest())
 
     def _on_bounced(self, msg: Bounced) -> None:
