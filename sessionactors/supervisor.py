@@ -166,7 +166,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         else:
             frames_to = msg.frames_to
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
-        self._refill_pool()
+        self._refill_pool(all_at_once=True)
         self._sweep_retention()
         self.send(sender, Configured(self.store.count_sessions()))
 
@@ -193,10 +193,15 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         self.send(address, self.configure_msg)
         return address
 
-    def _refill_pool(self) -> None:
+    def _refill_pool(self, all_at_once: bool = False) -> None:
+        """Top the pool up. One fork per call, then yield, so INITs queued meanwhile go first."""
         assert self.cfg is not None
         while len(self.pool) < self.cfg.pool_size and not self.stopping:
             self.pool.append(self._spawn())
+            if not all_at_once:
+                if len(self.pool) < self.cfg.pool_size:
+                    self.wakeupAfter(0.0, payload=_REFILL)
+                return
 
     def _activate(self, entry: Entry, created: bool = False, resume: tuple[str, ...] = ()) -> None:
         """Start a new incarnation of ``entry`` and hand it the buffered messages."""
