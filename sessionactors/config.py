@@ -62,7 +62,7 @@ class Config:
     admin_port: int = 19500
     actor_ip: str = "127.0.0.1"
     multi_host: bool = False
-    pool_size: int = 2
+    pool_size: int = 8
     restart_intensity: int = 3
     restart_period: float = 60.0
     # Runtime

@@ -60,7 +60,10 @@ def test_metrics_move_as_sessions_work(daemon_factory: Any) -> None:
 
 def test_ready_and_json_logs(daemon_factory: Any) -> None:
     d = daemon_factory(log_json="true", log_level="info")
-    assert d.http("GET", "/api/ready") == (200, {"status": "ready", "checks": {"supervisor": True, "store": True}})
+    assert d.http("GET", "/api/ready") == (
+        200,
+        {"status": "ready", "checks": {"supervisor": True, "store": True}},
+    )
     c = Client(d.url)
     ok = c.init()
     c.close()
