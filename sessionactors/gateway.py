@@ -234,7 +234,9 @@ class Gateway:
         if kind == "emit":
             self._deliver(link, frame["to"], frame["events"])
         elif kind == "init_ok":
-            self._init_ok(frame["conn"], frame["session_id"], frame.get("token_version", 0))
+            self._init_ok(
+                frame["conn"], frame["session_id"], frame.get("token_version", 0), frame.get("latest")
+            )
         elif kind == "detach":
             self.conn_session.pop(frame["conn"], None)
         elif kind == "metrics":
@@ -261,8 +263,10 @@ class Gateway:
         elif link.session_id is not None and self.session_links.get(link.session_id) is link:
             del self.session_links[link.session_id]
 
-    def _init_ok(self, conn: str, session_id: str, token_version: int) -> None:
+    def _init_ok(self, conn: str, session_id: str, token_version: int, effective: int | None = None) -> None:
         latest = self.pending_init.get(conn, (None, []))[0]
+        if effective is not None:  # the session clamps a latest_event_id beyond its last id
+            latest = effective if latest is None else min(latest, effective)
         if conn not in self.buckets:
             self.pending_init.pop(conn, None)
             return

@@ -99,9 +99,8 @@ def parse_init(payload: Any, max_field: int = 256_000) -> InitRequest:
         raise ActionError("'latest_event_id' must be >= -1")
     # Secrets never travel inside the stored settings.
     args = {k: v for k, v in args.items() if k not in ("token", "github_token")}
-    return InitRequest(
-        args=args, token=token or None, github_token=github_token or None, latest_event_id=latest
-    )
+    # An empty token is an unparsable one (401), not a request for a new session.
+    return InitRequest(args=args, token=token, github_token=github_token, latest_event_id=latest)
 
 
 def parse_action(payload: Any, max_field: int = 256_000) -> dict[str, Any]:

@@ -219,9 +219,18 @@ class SessionActor(Actor):  # type: ignore[misc]
             if not self.conns:
                 self._arm_passivation()
             return
+        # A client claiming ids this session never produced (a stale or foreign view) is
+        # treated as holding everything there is: it gets every event produced from now on.
+        latest_event_id = min(latest_event_id, self.next_id - 1)
         if answer:
             self.outbox_send(
-                {"t": "init_ok", "conn": conn, "session_id": self.session_id, "token_version": token_version}
+                {
+                    "t": "init_ok",
+                    "conn": conn,
+                    "session_id": self.session_id,
+                    "token_version": token_version,
+                    "latest": latest_event_id,
+                }
             )
         start = latest_event_id + 1
         while start < self.next_id:

@@ -168,3 +168,22 @@ def test_cli_start_status_stop(tmp_path: Any) -> None:
     wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "daemon processes to exit")
     status = subprocess.run([*base, "status", *common], env=env, capture_output=True, text=True, timeout=30)
     assert "daemon: not running" in status.stdout
+
+
+def test_empty_token_and_latest_beyond_the_log(daemon: DaemonProcess) -> None:
+    c = Client(daemon.url)
+    try:
+        assert c.init(token="") == {"error": "Invalid token", "error_code": 401}
+        ok = c.init()
+        c.send(msg("zero"))
+        c.wait_events(1)
+        other = Client(daemon.url)
+        try:
+            # claims to hold up to 100 of a session that has one event: it gets what comes next
+            assert other.init(token=ok["token"], latest=100)["status"] == "ok"
+            c.send(msg("one"))
+            assert [e["id"] for e in other.wait_events(1)] == [1]
+        finally:
+            other.close()
+    finally:
+        c.close()
