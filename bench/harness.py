@@ -87,8 +87,8 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(
             mode="quick", rt_sessions=30, rt_duration=3.0, tp_sessions=30, tp_duration=2.0, warmup=0.5,
-            fan_tabs=(50,), fan_duration=1.5, attach_count=30, activations=40, punct_sessions=10, punct_spread=0.3,
-            replay_reps=1, mem_sessions=20, idle_conns=200, levels=(60,), level_duration=2.0,
+            fan_tabs=(50,), fan_duration=1.5, attach_count=30, activations=30, punct_sessions=10, punct_spread=0.3,
+            replay_reps=1, mem_sessions=20, idle_conns=200, levels=(40,), level_duration=2.0,
             profile=False,
         )  # fmt: skip
 
