@@ -33,7 +33,7 @@ from thespian.actors import (  # type: ignore[import-untyped]
 
 from .bridge import CallbackOutbox, LinkOutbox, Outbox
 from .config import Config
-from .errors import ActionError, RuntimeStartError, SessionActorsError
+from .errors import ActionError, RuntimeStartError, SessionActorsError, StoreError
 from .messages import (
     Action,
     Activate,
@@ -281,7 +281,14 @@ class SessionActor(Actor):  # type: ignore[misc]
         except ActionError as exc:
             self._send_to([conn], [error_frame(str(exc), 400)])
             return
-        (event,) = self._emit([action_event_fields(action)])
+        try:
+            (event,) = self._emit([action_event_fields(action)])
+        except StoreError as exc:  # nothing was stored or sent: the sender must know
+            log.error(
+                "could not store an action: %s", exc, extra={"session_id": self.session_id, "conn_id": conn}
+            )
+            self._send_to([conn], [error_frame("The action could not be stored; try again", 503)])
+            return
         self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
         if self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
