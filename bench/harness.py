@@ -739,6 +739,8 @@ def run(plan: Plan, out_dir: Path = RESULTS) -> dict[str, Any]:
         pool.close()
         for name, target in targets.items():
             stops[name] = target.stop()
+            if isinstance(target, OursTarget):
+                stops[name]["log"] = target.log_counts()
             state.log(f"{name} stopped: {stops[name]}")
         left_load = [p for p in load_pids if os.path.exists(f"/proc/{p}")]
         if left_load:

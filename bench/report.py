@@ -222,6 +222,7 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", "Stops: " + "; ".join(
             f"{n}: exit {s.get('exit_code')}, leftovers {s.get('leftovers') or 'none'}"
             + (f", {s['stop_s']} s" if "stop_s" in s else "")
+            + (f" (daemon log: {', '.join(f'{k} {v}' for k, v in s['log'].items())})" if s.get("log") else "")
             for n, s in stops.items())]  # fmt: skip
     for title, items in (("Notes", result.get("notes", [])), ("Errors", result.get("errors", []))):
         if items:

@@ -160,6 +160,8 @@ class Target:
     def cpu(self) -> dict[str, float]:
         return {role: cpu_seconds(pids) for role, pids in self.processes().items()}
 
+    stop_timeout = 30.0
+
     def stop(self) -> dict[str, Any]:
         """SIGTERM, wait, SIGKILL if needed; answer the exit code and any process left behind."""
         result: dict[str, Any] = {"exit_code": None, "leftovers": []}
@@ -168,7 +170,7 @@ class Target:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -226,6 +228,22 @@ class SingleTarget(Target):
 class OursTarget(Target):
     name = "ours"
     label = "sessionactors daemon"
+    stop_timeout = 90.0  # its own shutdown may take gateway 10 s + sessions 20 s + actor system 15 s
+
+    LOG_PATTERNS = {
+        "append failed (database is locked)": "failed appending events: database is locked",
+        "slow client dropped": "frames behind; disconnecting",
+        "sessions did not stop in time": "sessions did not all stop in time",
+        "ERROR lines": " ERROR ",
+    }
+
+    def log_counts(self) -> dict[str, int]:
+        """How often the daemon's log says what the harness looks for (errors under load)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        return {label: text.count(pattern) for label, pattern in self.LOG_PATTERNS.items()}
 
     def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
         super().__init__(workdir)
