@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from thespian.actors import Actor
 
 from sessionactors.messages import Frame
+
+from .daemon_harness import wait_for
 
 
 class Collector(Actor):
@@ -39,15 +40,5 @@ def frames_for(frames: list[dict[str, Any]], conn: str) -> list[dict[str, Any]]:
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 10.0, pump: Callable[[], None] | None = None
 ) -> Any:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        if pump is not None:
-            pump()
-        else:
-            time.sleep(0.01)
+    """``wait_for`` with the actor tests' defaults."""
+    return wait_for(predicate, timeout, "actor condition", pump)

@@ -28,8 +28,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 15.0,
+    what: str = "condition",
+    pump: Callable[[], None] | None = None,
+) -> Any:
+    """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds.
+
+    ``pump`` replaces the pause between polls (simpleSystemBase runs its actors, timers
+    included, only inside ``listen()``).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -37,7 +46,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        if pump is not None:
+            pump()
+        else:
+            time.sleep(0.01)
 
 
 class DaemonProcess:
