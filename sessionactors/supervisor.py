@@ -441,7 +441,9 @@ class SupervisorActor(Actor):  # type: ignore[misc]
             return
         for frame in frames:
             kind = frame.get("t")
-            if kind == "init":
+            if kind in ("init", "action") and self.stopping:
+                self._answer(frame["conn"], [error_frame("The server is shutting down", 503)])
+            elif kind == "init":
                 self._on_init(
                     Init(
                         frame["conn"],
