@@ -23,6 +23,7 @@ __all__ = [
     "Attach",
     "Detach",
     "Passivated",
+    "Attached",
     "AttachFailed",
     "Bounced",
     "Query",
@@ -136,6 +137,18 @@ class Activated:
     session_id: str
     incarnation: int
     pid: int
+
+
+@dataclass(frozen=True)
+class Attached:
+    """Session actor -> supervisor: ``conn_id`` is attached (answered and replayed).
+
+    Only now does the supervisor detach a moving connection from the session it had, so
+    a connection whose new session cannot start stays where it was.
+    """
+
+    session_id: str
+    conn_id: str
 
 
 @dataclass(frozen=True)

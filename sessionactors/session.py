@@ -39,6 +39,7 @@ from .messages import (
     Activate,
     Activated,
     Attach,
+    Attached,
     AttachFailed,
     Bounced,
     Configure,
@@ -240,6 +241,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             self._send_to([conn], page)
             start = page[-1]["id"] + 1
         self.conns[conn] = None
+        if answer:
+            self.send(self.supervisor, Attached(self.session_id, conn))
         log.info("connection attached", extra={"session_id": self.session_id, "conn_id": conn})
 
     def _start_runtime(self, conn: str) -> bool:

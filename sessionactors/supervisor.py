@@ -37,6 +37,7 @@ from .messages import (
     Activate,
     Activated,
     Attach,
+    Attached,
     AttachFailed,
     Bounced,
     Configure,
@@ -95,6 +96,8 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         self.store: Store | None = None
         self.sessions: dict[str, Entry] = {}
         self.conn_session: dict[str, str] = {}
+        # conn -> the session it had, while its INIT for another one is being answered
+        self.moving: dict[str, str] = {}
         self.pool: list[Any] = []
         self.shutdown_waiter: Any = None
         self.stopping = False  # set by Shutdown: no new actors, no restarts
@@ -132,6 +135,9 @@ class SupervisorActor(Actor):  # type: ignore[misc]
                 entry.pid = msg.pid
         elif isinstance(msg, Bounced):
             self._on_bounced(msg)
+        elif isinstance(msg, Attached):
+            if self.moving.get(msg.conn_id) and self.conn_session.get(msg.conn_id) == msg.session_id:
+                self._detach_from(msg.conn_id, self.moving.pop(msg.conn_id))
         elif isinstance(msg, AttachFailed):
             self._on_attach_failed(msg)
         elif isinstance(msg, ChildActorExited):
@@ -285,14 +291,39 @@ class SupervisorActor(Actor):  # type: ignore[misc]
             self._deliver(entry, attach)
 
     def _move_conn(self, conn: str, session_id: str) -> None:
-        old = self.conn_session.get(conn)
+        """Route ``conn`` to ``session_id``; it leaves its old session once the new one attached it."""
+        old = self.moving.pop(conn, None) or self.conn_session.get(conn)
         if old is not None and old != session_id:
-            self._drop_conn(conn)
+            self.moving[conn] = old
         self.conn_session[conn] = session_id
 
     def _drop_conn(self, conn: str) -> None:
+        old = self.moving.pop(conn, None)
+        if old is not None:
+            self._detach_from(conn, old)
         session_id = self.conn_session.pop(conn, None)
-        entry = self.sessions.get(session_id) if session_id else None
+        if session_id is not None:
+            self._detach_from(conn, session_id)
+
+    def _evict(self, entry: Entry, payloads: list[dict[str, Any]]) -> None:
+        """Tell every connection of ``entry`` why, and detach them (a failed or deleted session)."""
+        for conn in list(entry.conns):
+            self._answer(conn, payloads)
+            if self.conn_session.get(conn) == entry.session_id:
+                old = self.moving.pop(conn, None)
+                if old is not None:  # it was moving here: it stays where it was
+                    self.conn_session[conn] = old
+                    continue
+                del self.conn_session[conn]
+                if self.outbox is not None:
+                    self.outbox.send({"t": "detach", "conn": conn})
+            elif self.moving.get(conn) == entry.session_id:
+                del self.moving[conn]
+        entry.conns.clear()
+        entry.buffered.clear()
+
+    def _detach_from(self, conn: str, session_id: str) -> None:
+        entry = self.sessions.get(session_id)
         if entry is None or conn not in entry.conns:
             return
         del entry.conns[conn]
@@ -339,7 +370,11 @@ class SupervisorActor(Actor):  # type: ignore[misc]
         entry = self.sessions.get(msg.session_id)
         if entry is not None and self.conn_session.get(msg.conn_id) == msg.session_id:
             entry.conns.pop(msg.conn_id, None)
-            del self.conn_session[msg.conn_id]
+            old = self.moving.pop(msg.conn_id, None)
+            if old is not None:  # the contract: it stays attached to the session it had
+                self.conn_session[msg.conn_id] = old
+            else:
+                del self.conn_session[msg.conn_id]
 
     def _find_by_address(self, address: Any) -> Entry | None:
         for entry in self.sessions.values():
@@ -376,13 +411,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
             entry.state = "failed"
             self.store.update_session(entry.session_id, state="failed")
             why = "Session failed repeatedly; send initialize again to retry"
-            for conn in list(entry.conns):
-                self._answer(conn, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
-                if self.outbox is not None:
-                    self.outbox.send({"t": "detach", "conn": conn})
-                self.conn_session.pop(conn, None)
-            entry.conns.clear()
-            entry.buffered.clear()
+            self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
             return
         entry.restarts.append(now)
         self.stats["restarts"] += 1
@@ -538,13 +567,7 @@ class SupervisorActor(Actor):  # type: ignore[misc]
 
     def _delete(self, entry: Entry) -> None:
         entry.deleting = True
-        for conn in list(entry.conns):
-            self._answer(conn, [status_update("SESSION_DELETED", "This session was deleted", "error")])
-            if self.outbox is not None:
-                self.outbox.send({"t": "detach", "conn": conn})
-            self.conn_session.pop(conn, None)
-        entry.conns.clear()
-        entry.buffered.clear()
+        self._evict(entry, [status_update("SESSION_DELETED", "This session was deleted", "error")])
         if entry.address is not None:
             self.send(entry.address, ActorExitRequest())
         else:

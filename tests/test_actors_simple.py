@@ -162,7 +162,7 @@ def test_second_init_moves_connection(h: Harness) -> None:
     a = h.init("c1")
     b = h.init("c2")
     h.init("c1", b)
-    assert h.query("info", a).body["connections"] == 0
+    wait_until(lambda: h.query("info", a).body["connections"] == 0, pump=h.pump)  # once b attached it
     assert h.query("info", b).body["connections"] == 2
 
 

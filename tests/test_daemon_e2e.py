@@ -187,3 +187,41 @@ def test_empty_token_and_latest_beyond_the_log(daemon: DaemonProcess) -> None:
             other.close()
     finally:
         c.close()
+
+
+def test_failed_move_keeps_the_connection_on_its_session(daemon: DaemonProcess) -> None:
+    """A second INIT whose new session cannot start (503) leaves the connection where it was."""
+    c = Client(daemon.url)
+    try:
+        ok = c.init()
+        c.send(msg("first"))
+        c.wait_events(1)
+        failed = c.init(args={"echo_fail_start": True})
+        assert failed["error_code"] == 503
+        c.send(msg("still here"))
+        events = c.wait_events(2)
+        assert [e["message"] for e in events] == ["first", "still here"]
+        status, info = daemon.http("GET", f"/api/sessions/{ok['session_id']}", token=ok["token"])
+        assert status == 200 and info["connections"] == 1
+    finally:
+        c.close()
+
+
+def test_successful_move_detaches_from_the_old_session(daemon: DaemonProcess) -> None:
+    c = Client(daemon.url)
+    try:
+        a = c.init()
+        b = c.init()
+        assert a["session_id"] != b["session_id"]
+        wait_for(
+            lambda: (
+                daemon.http("GET", f"/api/sessions/{a['session_id']}", token=a["token"])[1]["connections"]
+                == 0
+            ),
+            what="detach from the old session",
+        )
+        c.send(msg("in b"))
+        assert c.wait_events(1)[0]["message"] == "in b"
+        assert daemon.http("GET", f"/api/sessions/{b['session_id']}", token=b["token"])[1]["connections"] == 1
+    finally:
+        c.close()

@@ -7,7 +7,7 @@ thread, so it works on every Thespian base) and ``fail`` which exits 1;
 through ``state()``; ``message`` gets no reaction.
 
 Test hooks (options of the ``[runtime]`` table): ``fail_start`` makes ``start``
-fail (a runtime that cannot start); ``stop_delay`` makes ``stop`` take that many
+fail (a runtime that cannot start; the INIT arg ``echo_fail_start`` does it for one session); ``stop_delay`` makes ``stop`` take that many
 seconds after creating ``<workspace>/.stopping``, which widens the passivation
 window so that tests can send an INIT into it deterministically.
 """
@@ -39,7 +39,7 @@ class EchoRuntime(Runtime):
         return self._pending is not None
 
     def start(self) -> list[Output]:
-        if self.ctx.options.get("fail_start"):
+        if self.ctx.options.get("fail_start") or self.ctx.args.get("echo_fail_start"):
             from ..errors import RuntimeStartError
 
             raise RuntimeStartError("echo runtime configured to fail at start")
