@@ -49,7 +49,7 @@ def test_metrics_move_as_sessions_work(daemon_factory: Any) -> None:
     wait_for(lambda: metric(d, 'sessionactors_action_seconds_count{action="message"}') == 1, what="latency")
     c.close()
     wait_for(lambda: metric(d, "sessionactors_passivations_total") == 1, what="passivation counted")
-    assert metric(d, 'sessionactors_sessions{state="passivated"}') == 1
+    wait_for(lambda: metric(d, 'sessionactors_sessions{state="passivated"}') == 1, what="passivated gauge")
     r = Client(d.url)
     try:
         assert r.init(token=ok["token"])["status"] == "ok"
