@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -164,7 +165,8 @@ def test_round_trip_preserves_exact_json(store: SQLiteStore) -> None:
     assert back == events
     # Same key order and values byte for byte once serialised.
     assert [json.dumps(e) for e in back] == [json.dumps(e) for e in events]
-    raw = sqlite3.connect(store.path).execute("SELECT body FROM events ORDER BY id").fetchall()
+    with closing(sqlite3.connect(store._shard("s").path)) as db:
+        raw = db.execute("SELECT body FROM events WHERE session_id = 's' ORDER BY id").fetchall()
     assert [r[0] for r in raw] == [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in events]
     assert store.last_event_id("s") == 2
     assert store.last_event_id("other") == -1
@@ -214,10 +216,14 @@ def test_replay_of_10000_events_in_order_with_one_query(store: SQLiteStore) -> N
         store.append("big", [make_event(i) for i in range(start, start + 500)])
     store.append("neighbour", [make_event(0)])
     statements: list[str] = []
+    store.read("big", 0, limit=0)  # the shard is opened lazily: open it before tracing
+    shard_db = store._shard("big").conn()
+    shard_db.set_trace_callback(statements.append)
     store._conn().set_trace_callback(statements.append)
     t0 = time.perf_counter()
     events = store.read("big", 0)
     elapsed = time.perf_counter() - t0
+    shard_db.set_trace_callback(None)
     store._conn().set_trace_callback(None)
     assert [e["id"] for e in events] == list(range(10_000))
     assert events[1234] == make_event(1234) and events[-1] == make_event(9999)
@@ -227,17 +233,19 @@ def test_replay_of_10000_events_in_order_with_one_query(store: SQLiteStore) -> N
 
 def test_inherited_store_reconnects_after_fork(store: SQLiteStore) -> None:
     inherited = store._conn()
+    inherited_shard = store._shard("forked").conn()
 
     def child() -> None:
-        # A fresh connection, not the parent's; then a normal append.
+        # Fresh connections, not the parent's; then a normal append.
         assert store._conn() is not inherited
+        assert store._shard("forked").conn() is not inherited_shard
         store.append("forked", [make_event(0), make_event(1)])
 
     proc = multiprocessing.get_context("fork").Process(target=child)
     proc.start()
     proc.join(timeout=60)
     assert proc.exitcode == 0
-    assert store._conn() is inherited
+    assert store._conn() is inherited and store._shard("forked").conn() is inherited_shard
     store.append("forked", [make_event(2)])
     assert [e["id"] for e in store.read("forked")] == [0, 1, 2]
 
@@ -321,16 +329,20 @@ def test_open_options_and_close(tmp_path: Path) -> None:
     for fsync, level in (("full", 2), ("normal", 1)):
         s = open_store(data, fsync=fsync)
         assert isinstance(s, SQLiteStore)
-        db = s._conn()
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA synchronous").fetchone()[0] == level
-        assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        s.append("x", [make_event(0)] if fsync == "full" else [make_event(1)])
+        for db in (s._conn(), s._shard("x").conn()):
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
         s.close()
         s.close()  # idempotent
         with pytest.raises(StoreError, match="closed"):
             s.read("x")
     assert data.stat().st_mode & 0o777 == 0o700
     assert (data / "sessionactors.db").stat().st_mode & 0o077 == 0
+    assert (data / "events").stat().st_mode & 0o777 == 0o700
+    shard_files = list((data / "events").iterdir())
+    assert shard_files and all(p.stat().st_mode & 0o077 == 0 for p in shard_files)
 
 
 # -- durability and concurrency -------------------------------------------------------
@@ -426,6 +438,11 @@ def _make_v1(data: Path) -> Path:
     return path
 
 
+def _tables(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db, db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _columns(path: Path) -> list[str]:
     with closing(sqlite3.connect(path)) as db, db:
         return [r[1] for r in db.execute("PRAGMA table_info(sessions)")]
@@ -442,28 +459,31 @@ def test_v1_database_is_migrated_keeping_data(tmp_path: Path) -> None:
         assert s.read("old") == [make_event(i) for i in range(50)]
         s.append("old", [make_event(50)])
         s.update_session("old", owner_login="octocat", token_version=4)
-    with closing(SQLiteStore(tmp_path / "data")) as s:  # reopening a v2 file changes nothing
+    with closing(SQLiteStore(tmp_path / "data")) as s:  # reopening a v3 file changes nothing
         rec = s.get_session("old")
         assert rec is not None and (rec.owner_login, rec.token_version) == ("octocat", 4)
         assert s.last_event_id("old") == 50
     with closing(sqlite3.connect(path)) as db, db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'shards'").fetchone() == ("16",)
+        assert _tables(path) == {"meta", "sessions"}  # the events moved into the shards
     assert {"owner_login", "token_version"} <= set(_columns(path))
 
 
 def test_failed_migration_leaves_the_old_schema_intact(tmp_path: Path, monkeypatch) -> None:
     path = _make_v1(tmp_path / "data")
-    broken = [*sqlite_store._MIGRATIONS, ("CREATE TABLE extra (a)", "THIS IS NOT SQL")]
+    # A broken last SQL step: the steps before it in the same transaction are undone too.
+    *done, last = sqlite_store._MIGRATIONS
+    broken = [*done, (*last, "CREATE TABLE extra (a)", "THIS IS NOT SQL")]
     monkeypatch.setattr(sqlite_store, "_MIGRATIONS", broken)
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 3)
     with pytest.raises(StoreError):
         SQLiteStore(tmp_path / "data")
     with closing(sqlite3.connect(path)) as db, db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"meta", "sessions", "events"}
         assert db.execute("SELECT count(*) FROM events").fetchone() == (50,)
+    assert _tables(path) == {"meta", "sessions", "events"}
     assert "owner_login" not in _columns(path)
+    assert not (tmp_path / "data" / "events").exists()  # nothing was moved
 
 
 def test_newer_schema_version_is_refused_untouched(tmp_path: Path) -> None:
@@ -472,7 +492,7 @@ def test_newer_schema_version_is_refused_untouched(tmp_path: Path) -> None:
         s.append("s", [make_event(0)])
     path = data / "sessionactors.db"
     with closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     before = _sha(path)
     with pytest.raises(SchemaMismatch, match="newer"):
         SQLiteStore(data)
@@ -512,3 +532,174 @@ def test_garbage_file_is_refused_untouched(tmp_path: Path) -> None:
     assert str(path) in str(info.value) and "not an SQLite database" in str(info.value)
     assert path.read_bytes() == b"this is not a database\n" * 200
     assert os.listdir(data) == ["sessionactors.db"]
+
+
+# -- event shards -------------------------------------------------------------------------
+
+
+def _shard_rows(path: Path, sid: str | None = None) -> list[tuple[str, int]]:
+    with closing(sqlite3.connect(path)) as db, db:
+        where, params = ("WHERE session_id = ?", (sid,)) if sid is not None else ("", ())
+        return db.execute(
+            f"SELECT session_id, id FROM events {where} ORDER BY session_id, id", params
+        ).fetchall()
+
+
+def test_sessions_spread_over_shards_by_a_stable_hash(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sids = [f"session-{n}" for n in range(64)]
+    with closing(SQLiteStore(data, shards=8)) as s:
+        assert s.shards == 8
+        for sid in sids:
+            s.append(sid, [make_event(0), make_event(1)])
+        for sid in sids:  # the same index in every process: sha256, not the salted hash()
+            k = int(hashlib.sha256(sid.encode()).hexdigest(), 16) % 8
+            assert s._shard(sid).path == data / "events" / f"shard-{k}.db"
+            assert _shard_rows(s._shard(sid).path, sid) == [(sid, 0), (sid, 1)]
+    files = sorted(p.name for p in (data / "events").iterdir() if p.suffix == ".db")
+    assert len(files) >= 6  # 64 ids over 8 shards: (nearly) all of them used
+    assert sum(len(_shard_rows(data / "events" / name)) for name in files) == 2 * len(sids)
+    # A session actor opens only its own shard.
+    with closing(SQLiteStore(data)) as s:
+        assert s.read("session-3") == [make_event(0), make_event(1)]
+        assert list(s._shards) == [sqlite_store.shard_index("session-3", 8)]
+
+
+def test_reopening_with_another_shard_count_keeps_the_recorded_one(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sids = [f"s{n}" for n in range(40)]
+    with closing(SQLiteStore(data, shards=4)) as s:
+        for n, sid in enumerate(sids):
+            s.append(sid, [make_event(i) for i in range(n % 5 + 1)])
+    for shards in (1, 7, 16, 4):
+        with closing(SQLiteStore(data, shards=shards)) as s:
+            assert s.shards == 4
+            for n, sid in enumerate(sids):
+                assert s.read(sid) == [make_event(i) for i in range(n % 5 + 1)]
+    assert len(list((data / "events").glob("shard-*.db"))) <= 4
+    with pytest.raises(ValueError, match="shards"):
+        SQLiteStore(data, shards=0)
+
+
+def test_concurrent_writers_on_many_sessions_all_succeed(tmp_path: Path, spawn) -> None:
+    data, writers, count = tmp_path / "data", 24, 40
+    SQLiteStore(data).close()
+    procs = [spawn(CONCURRENT_WRITER, str(data), f"c{n}", str(count)) for n in range(writers)]
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        assert Pipe(proc).readline(deadline) == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, err = proc.communicate(timeout=max(deadline + 60 - time.monotonic(), 1))
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().split() == ["done"] and err == b""
+    with closing(SQLiteStore(data)) as s:
+        assert len({s._shard(f"c{n}").path for n in range(writers)}) > 1
+        for n in range(writers):
+            assert s.read(f"c{n}") == [make_event(i) for i in range(count)]
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["foreign-db", "not-a-db"])
+def test_foreign_file_at_a_shard_path_is_refused_untouched(tmp_path: Path, garbage: bool) -> None:
+    data = tmp_path / "data"
+    SQLiteStore(data).close()
+    path = data / "events" / f"shard-{sqlite_store.shard_index('victim', 16)}.db"
+    path.parent.mkdir()
+    if garbage:
+        path.write_bytes(b"this is not a database\n" * 200)
+    else:
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("CREATE TABLE events (session_id TEXT, id INTEGER, body TEXT)")
+            db.execute("INSERT INTO events VALUES ('victim', 0, '{}')")
+    before = _sha(path)
+    with closing(SQLiteStore(data)) as s:
+        for call in (lambda: s.read("victim"), lambda: s.append("victim", [make_event(0)])):
+            with pytest.raises(StoreCorrupt) as info:
+                call()
+            assert str(path) in str(info.value)
+        s.create_session(SessionRecord("other-record"))  # the main file still works
+    assert _sha(path) == before
+
+
+def test_delete_removes_the_events_from_the_shard(store: SQLiteStore) -> None:
+    store.create_session(SessionRecord("gone"))
+    store.create_session(SessionRecord("kept"))
+    store.append("gone", [make_event(i) for i in range(20)])
+    store.append("kept", [make_event(i) for i in range(3)])
+    path = store._shard("gone").path
+    assert len(_shard_rows(path, "gone")) == 20
+    assert store.delete_session("gone") is True
+    assert _shard_rows(path, "gone") == []
+    assert _shard_rows(store._shard("kept").path, "kept") == [("kept", 0), ("kept", 1), ("kept", 2)]
+    assert store.get_session("gone") is None and store.delete_session("gone") is False
+
+
+def _make_v2(data: Path, sessions: int, per_session: int) -> Path:
+    """A version 2 store as the previous release wrote it: events in the main file."""
+    SQLiteStore(data).close()  # the current schema, then taken back to version 2 below
+    path = data / "sessionactors.db"
+    rows = [
+        (f"v2-{n}", i, json.dumps(make_event(i), separators=(",", ":"), ensure_ascii=False))
+        for n in range(sessions)
+        for i in range(per_session + n)
+    ]
+    shutil.rmtree(data / "events", ignore_errors=True)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE events (session_id TEXT NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL, "
+            "PRIMARY KEY (session_id, id)) WITHOUT ROWID"
+        )
+        db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        db.execute("DELETE FROM meta WHERE key = 'shards'")
+        db.execute("INSERT INTO sessions (session_id, created_at) VALUES ('v2-0', 1.0)")
+    return path
+
+
+def test_v2_database_is_migrated_into_shards(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    path = _make_v2(data, sessions=30, per_session=10)
+    with closing(SQLiteStore(data, shards=5)) as s:
+        assert s.shards == 5
+        for n in range(30):
+            assert s.read(f"v2-{n}") == [make_event(i) for i in range(10 + n)]
+        assert s.last_event_id("v2-29") == 38
+        s.append("v2-0", [make_event(10)])
+        assert s.get_session("v2-0") == SessionRecord("v2-0", created_at=1.0)
+    assert _tables(path) == {"meta", "sessions"}
+    with closing(sqlite3.connect(path)) as db, db:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    assert (meta["schema_version"], meta["shards"]) == ("3", "5")
+    total = sum(len(_shard_rows(p)) for p in (data / "events").glob("shard-*.db"))
+    assert total == sum(10 + n for n in range(30)) + 1
+
+
+def test_interrupted_v2_migration_resumes(tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "data"
+    path = _make_v2(data, sessions=12, per_session=20)
+    monkeypatch.setattr(sqlite_store, "MOVE_BATCH", 37)
+    real_tx, calls = sqlite_store.Shard.tx, []
+
+    def failing_tx(self: Any, doing: str) -> Any:
+        calls.append(doing)
+        if len(calls) == 4:
+            raise StoreError("simulated crash in the middle of the move")
+        return real_tx(self, doing)
+
+    monkeypatch.setattr(sqlite_store.Shard, "tx", failing_tx)
+    with pytest.raises(StoreError, match="simulated"):
+        SQLiteStore(data, shards=3)
+    with closing(sqlite3.connect(path)) as db, db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'shards'").fetchone() == ("3",)
+        left = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert 0 < left < sum(20 + n for n in range(12))
+    monkeypatch.setattr(sqlite_store.Shard, "tx", real_tx)
+    with closing(SQLiteStore(data, shards=9)) as s:  # resumes with the recorded count
+        assert s.shards == 3
+        for n in range(12):
+            assert s.read(f"v2-{n}") == [make_event(i) for i in range(20 + n)]
+    assert _tables(path) == {"meta", "sessions"}

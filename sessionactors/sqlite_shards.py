@@ -1,0 +1,214 @@
+"""The event-log shards of the SQLite store and the helpers they share with it.
+
+Events of session ``sid`` live in ``<data_dir>/events/shard-<k>.db`` where
+``k = shard_index(sid, shards)`` (a SHA-256 of the id, stable across processes
+and Python versions, unlike the salted ``hash()``). Every shard file has the
+same pragmas as the main file (WAL, ``synchronous`` per ``fsync``, a 10 s busy
+timeout), mode 0600, and a ``meta`` table with the app marker and the schema
+version, so that a foreign file at a shard path is refused like a foreign main
+file. A shard is opened lazily, on the first call that needs it: a session
+actor only ever opens its own shard and the main file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import SchemaMismatch, StoreCorrupt, StoreError
+
+__all__ = ["APP_MARKER", "EVENTS_DDL", "SHARD_DIR", "Shard", "shard_index"]
+
+APP_MARKER = "sessionactors"
+SHARD_DIR = "events"
+SHARD_SCHEMA_VERSION = 3
+"""A shard file's ``schema_version``: the store schema that introduced shards."""
+FSYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+EVENTS_DDL = """CREATE TABLE events (
+            session_id TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (session_id, id)) WITHOUT ROWID"""
+
+
+def shard_index(session_id: str, shards: int) -> int:
+    """The shard of ``session_id`` among ``shards``: the same in every process."""
+    return int(hashlib.sha256(session_id.encode()).hexdigest(), 16) % shards
+
+
+def create_file(path: Path) -> None:
+    """Pre-create ``path`` with mode 0600 (SQLite gives -wal/-shm the same mode);
+    O_CREAT without O_TRUNC leaves an existing file's bytes alone."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot create the store at {path}: {exc}") from exc
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT) with a 10 s busy timeout."""
+    try:
+        db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    db.execute("PRAGMA busy_timeout = 10000")
+    return db
+
+
+def finish_open(db: sqlite3.Connection, path: Path, fsync: str) -> None:
+    """WAL mode, then ``synchronous`` per ``fsync``."""
+    enable_wal(db, path)
+    db.execute(f"PRAGMA synchronous = {FSYNC_MODES[fsync]}")
+
+
+def enable_wal(db: sqlite3.Connection, path: Path) -> None:
+    """Switch the file to WAL (persistent: only its first opener does it).
+
+    The switch needs the file to itself and SQLite reports "locked" at once
+    rather than through the busy handler, so processes that create the file
+    together retry here until one of them has switched it."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "SQLITE_BUSY") != "SQLITE_BUSY":
+                raise
+        if time.monotonic() > deadline:
+            raise StoreError(f"cannot switch {path} to WAL mode: it stays locked")
+        time.sleep(0.01)
+
+
+def read_meta(db: sqlite3.Connection, path: Path) -> dict[str, str] | None:
+    """The ``meta`` of one of our files, None for an empty file; raise StoreCorrupt
+    if it is not an SQLite database or one that sessionactors did not create."""
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(f"{path} is not an SQLite database ({exc}); refusing to use it") from exc
+    if not tables:
+        return None
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+    except sqlite3.DatabaseError:
+        meta = {}  # a foreign table that happens to be called meta
+    if meta.get("app") != APP_MARKER:
+        raise StoreCorrupt(
+            f"{path} is an SQLite database that sessionactors did not create "
+            f"(tables: {', '.join(sorted(tables))}); refusing to use it"
+        )
+    return meta
+
+
+def check_version(meta: dict[str, str], path: Path, known: int) -> int:
+    """The ``schema_version`` in ``meta``; SchemaMismatch when newer than ``known``."""
+    try:
+        version = int(meta.get("schema_version", ""))
+    except ValueError:
+        raise StoreCorrupt(f"{path} has an unreadable schema_version") from None
+    if version > known:
+        raise SchemaMismatch(
+            f"{path} has schema version {version}, newer than this version of "
+            f"sessionactors knows ({known}); upgrade sessionactors"
+        )
+    return version
+
+
+def wrap(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The StoreError (StoreCorrupt for a damaged file) for an sqlite3 error."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(exc):
+        return StoreCorrupt(f"{path} is corrupt ({doing}): {exc}")
+    return StoreError(f"store {path} failed {doing}: {exc}")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection, path: Path, doing: str) -> Iterator[sqlite3.Connection]:
+    """A write transaction; BEGIN IMMEDIATE takes the write lock up front so
+    the busy timeout applies (a deferred upgrade could fail without waiting)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise wrap(exc, path, doing) from exc
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise wrap(exc, path, doing) from exc
+        raise
+
+
+class Shard:
+    """One event-log file: its connection in this process, opened on first use and
+    reopened after an accidental fork (the inherited one is kept, never closed)."""
+
+    def __init__(self, path: Path, fsync: str) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._db: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._abandoned: list[sqlite3.Connection] = []
+
+    def conn(self) -> sqlite3.Connection:
+        """This process's connection to the shard."""
+        if self._pid != os.getpid():
+            if self._db is not None:
+                self._abandoned.append(self._db)
+            self._pid = os.getpid()
+            self._db = None
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        create_file(self.path)
+        db = connect(self.path)
+        try:
+            # Check before anything that writes (journal_mode=WAL rewrites the header).
+            if read_meta(db, self.path) is None:
+                with transaction(db, self.path, "creating an event shard"):
+                    if read_meta(db, self.path) is None:  # re-read under the write lock
+                        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                        db.execute(
+                            "INSERT INTO meta (key, value) VALUES ('app', ?), ('schema_version', ?)",
+                            (APP_MARKER, str(SHARD_SCHEMA_VERSION)),
+                        )
+                        db.execute(EVENTS_DDL)
+            meta = read_meta(db, self.path)
+            assert meta is not None
+            check_version(meta, self.path, SHARD_SCHEMA_VERSION)
+            finish_open(db, self.path, self.fsync)
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise wrap(exc, self.path, "opening") from exc
+            raise
+        return db
+
+    def tx(self, doing: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the shard."""
+        return transaction(self.conn(), self.path, doing)
+
+    def query(self, doing: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """One read statement (its own snapshot), all rows."""
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise wrap(exc, self.path, doing) from exc
+
+    def close(self) -> None:
+        """Close this process's connection (never one inherited across a fork)."""
+        db, self._db = self._db, None
+        if db is not None and self._pid == os.getpid():
+            db.close()
