@@ -367,11 +367,24 @@ class OursTarget(Target):
             store.close()
 
     def db_size(self) -> int:
-        return sum(p.stat().st_size for p in self.data_dir.glob("sessionactors.db*"))
+        files = [*self.data_dir.glob("sessionactors.db*"), *self.data_dir.glob("events/shard-*.db*")]
+        return sum(p.stat().st_size for p in files)
 
     def db_counts(self) -> tuple[int, int]:
-        """(sessions, events) stored."""
-        return _counts(self.data_dir / "sessionactors.db")
+        """(sessions, events) stored: records in the main file, events over the shards."""
+        db = sqlite3.connect(f"file:{self.data_dir / 'sessionactors.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            (sessions,) = db.execute("SELECT count(*) FROM sessions").fetchone()
+        finally:
+            db.close()
+        events = 0
+        for shard in sorted(self.data_dir.glob("events/shard-*.db")):
+            db = sqlite3.connect(f"file:{shard}?mode=ro", uri=True, timeout=10)
+            try:
+                events += int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+            finally:
+                db.close()
+        return int(sessions), events
 
     def supervisor_pid(self) -> int | None:
         """The actor process that parents the session actors: of the admin's children (the
