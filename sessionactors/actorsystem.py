@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from .logs import formatter_config
 
 __all__ = [
     "restrict_to_loopback",
+    "pid_alive",
     "port_in_use",
     "start_system",
     "shutdown_system",
@@ -58,6 +60,15 @@ def restrict_to_loopback(ip: str = "127.0.0.1", multi_host: bool = False) -> Non
 
     IPBase.IPActorAddress.__init__ = __init__
     _PATCHED = True
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (an actor that died unreaped is one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -106,13 +117,28 @@ def start_system(
 
 
 def shutdown_system(asys: Any, admin_port: int | None = None, timeout: float = 15.0) -> None:
-    """Shut the system down and wait until its admin port is free."""
-    try:
-        asys.shutdown()
-    except Exception:  # a failing shutdown must not hide the wait below
-        log.exception("actor system shutdown failed")
+    """Shut the system down and wait until its admin port is free.
+
+    Thespian waits up to 10 s for the admin's "shutdown completed" reply, which is lost now
+    and then (measured: 2 of 12 stops) although the admin has exited: so the call runs in
+    a thread, and the wait ends as soon as the admin port is closed.
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            asys.shutdown()
+        except Exception:  # a failing shutdown must not hide the wait below
+            log.exception("actor system shutdown failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="thespian-shutdown", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.05) and time.monotonic() < deadline:
+        if admin_port is not None and not port_in_use(admin_port):
+            break
     if admin_port is None:
         return
-    deadline = time.monotonic() + timeout
     while port_in_use(admin_port) and time.monotonic() < deadline:
         time.sleep(0.05)

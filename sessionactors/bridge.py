@@ -77,13 +77,26 @@ class Link:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            self._connect(path)
         except OSError:
             self.sock.close()
             raise
         self._reader = FrameReader()
         self._pending: list[dict[str, Any]] = []
         self.closed = False
+
+    def _connect(self, path: str) -> None:
+        # A Unix socket whose listen queue is full refuses at once (EAGAIN) instead of
+        # waiting like TCP: retry briefly, since a whole burst of actors re-links together.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                self.sock.connect(path)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -106,6 +119,11 @@ class Link:
             self.close()
             return None
         return self._reader.feed(data)
+
+    def take_pending(self) -> list[dict[str, Any]]:
+        """Frames that ``wait_for`` read past: the fd will not signal them again."""
+        frames, self._pending = self._pending, []
+        return frames
 
     def wait_for(self, kind: str, timeout: float) -> dict[str, Any] | None:
         """Block up to ``timeout`` for a frame of ``kind``; keep the others for ``receive``."""
@@ -147,12 +165,17 @@ class Outbox:
 
 
 class LinkOutbox(Outbox):
-    """Frames over the bridge; reconnects lazily after the gateway restarted."""
+    """Frames over the bridge; reconnects lazily after the gateway restarted.
 
-    def __init__(self, path: str, hello: dict[str, Any]) -> None:
+    ``on_lost`` is called when a send finds the gateway gone: an actor that only learns of
+    it that way (not by EOF on its watched fd) must still react, e.g. schedule a reconnect.
+    """
+
+    def __init__(self, path: str, hello: dict[str, Any], on_lost: Callable[[], None] | None = None) -> None:
         self.path = path
         self.hello = hello
         self.link: Link | None = None
+        self.on_lost = on_lost
 
     def connect(self) -> Link | None:
         if self.link is not None and not self.link.closed:
@@ -165,16 +188,21 @@ class LinkOutbox(Outbox):
         return self.link
 
     def send(self, frame: dict[str, Any]) -> bool:
-        link = self.connect()
-        if link is None:
-            return False
-        try:
-            link.send(frame)
-            return True
-        except OSError:
-            link.close()
-            self.link = None
-            return False
+        # Twice: the link may be to a gateway that died and was restarted since (its EOF not
+        # handled yet); the frame may still matter to the new one (an INIT answer does).
+        for _ in range(2):
+            link = self.connect()
+            if link is None:
+                return False
+            try:
+                link.send(frame)
+                return True
+            except OSError:
+                link.close()
+                self.link = None
+                if self.on_lost is not None:
+                    self.on_lost()
+        return False
 
     def close(self) -> None:
         if self.link is not None:

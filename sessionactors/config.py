@@ -88,6 +88,7 @@ class Config:
     rate_limit: float = 50.0
     rate_burst: int = 100
     send_buffer: int = 5000
+    link_wait: float = 10.0
     log_json: bool = False
     log_level: str = "info"
 
@@ -123,6 +124,8 @@ class Config:
             raise ConfigError("fsync", "must be 'full' or 'normal'")
         if self.pool_size < 0 or self.pool_size > 64:
             raise ConfigError("pool_size", "must be between 0 and 64")
+        if self.link_wait < 0:
+            raise ConfigError("link_wait", "must be >= 0 seconds")
         if self.restart_intensity < 0:
             raise ConfigError("restart_intensity", "must be >= 0")
         if self.restart_period <= 0:

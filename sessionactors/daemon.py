@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .actorsystem import port_in_use, shutdown_system, start_system
+from .actorsystem import pid_alive, port_in_use, shutdown_system, start_system
 from .config import Config
 from .errors import ActorSystemInUse, DaemonError
 from .messages import Configure, Configured, Shutdown, ShutdownDone
@@ -33,15 +33,6 @@ from .messages import Configure, Configured, Shutdown, ShutdownDone
 __all__ = ["Daemon", "read_state", "pid_alive", "descendants", "group_members", "listening_pid", "health_ok"]
 
 log = logging.getLogger("sessionactors.daemon")
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def descendants(pid: int) -> list[int]:

@@ -117,6 +117,8 @@ class Gateway:
         self.counters: dict[str, int] = {"events_sent": 0, "slow_disconnects": 0}
         self.metrics = GatewayMetrics(self.query)
         self.last_error_code = 0
+        # INITs waiting for a supervisor link: (deadline, frame), oldest first
+        self.parked: list[tuple[float, dict[str, Any]]] = []
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         """CORS with ``cors_origins`` set: those origins, plus this server's own."""
@@ -209,24 +211,45 @@ class Gateway:
             return False
         if sid not in self.buckets:  # it disconnected while GitHub was asked: attach no ghost
             return False
-        if self.supervisor is None:
-            self._error(sid, "Server not ready", 503)
-            return False
         held = self.pending_init.get(sid, (None, []))[1]
         self.pending_init[sid] = (req.latest_event_id, held)
-        self.supervisor.send(
-            {
-                "t": "init",
-                "conn": sid,
-                "session_id": session_id,
-                "user_id": user_id,
-                "user_login": login,
-                "args": req.args,
-                "latest_event_id": req.latest_event_id,
-                "token_version": token_version,  # the supervisor refuses a revoked one
-            }
-        )
+        frame = {
+            "t": "init",
+            "conn": sid,
+            "session_id": session_id,
+            "user_id": user_id,
+            "user_login": login,
+            "args": req.args,
+            "latest_event_id": req.latest_event_id,
+            "token_version": token_version,  # the supervisor refuses a revoked one
+        }
+        if self.supervisor is None or not self.supervisor.send(frame):
+            # Just after a restart of either side: hold it until the supervisor links up.
+            self.parked.append((time.monotonic() + self.cfg.link_wait, frame))
+            if len(self.parked) == 1:
+                eventlet.spawn_n(self._expire_parked)
         return True
+
+    def _expire_parked(self) -> None:
+        """Answer 503 the INITs held longer than ``link_wait`` for a supervisor link."""
+        while self.parked:
+            eventlet.sleep(max(0.01, self.parked[0][0] - time.monotonic()))
+            now = time.monotonic()
+            while self.parked and self.parked[0][0] <= now:
+                _, frame = self.parked.pop(0)
+                conn = frame["conn"]
+                if conn in self.buckets and self._init_in_flight(conn):
+                    self._error(conn, "Server not ready", 503)
+                    self.metrics.inits.labels("error_503").inc()
+                    self._flush_held(conn)
+
+    def _send_parked(self) -> None:
+        parked, self.parked = self.parked, []
+        for deadline, frame in parked:
+            if frame["conn"] not in self.buckets:
+                continue
+            if self.supervisor is None or not self.supervisor.send(frame):
+                self.parked.append((deadline, frame))
 
     # -- frames from the actors ----------------------------------------------------------
     def on_actor_frame(self, link: ActorLink, frame: dict[str, Any]) -> None:
@@ -249,6 +272,7 @@ class Gateway:
             link.role = frame.get("role", "?")
             if link.role == "supervisor":
                 self.supervisor = link
+                self._send_parked()
             elif link.role == "session":
                 link.session_id = frame["session_id"]
                 self.session_links[frame["session_id"]] = link
@@ -264,6 +288,10 @@ class Gateway:
             del self.session_links[link.session_id]
 
     def _init_ok(self, conn: str, session_id: str, token_version: int, effective: int | None = None) -> None:
+        if not self._init_in_flight(conn) and self.conn_session.get(conn) == session_id:
+            # A session restarted before the supervisor heard that it had attached conn sends
+            # it again: answered already; its replay is deduplicated by conn_last.
+            return
         latest = self.pending_init.get(conn, (None, []))[0]
         if effective is not None:  # the session clamps a latest_event_id beyond its last id
             latest = effective if latest is None else min(latest, effective)
@@ -401,7 +429,9 @@ class Gateway:
         """Listen for actor links on a Unix socket only this user can open."""
         if os.path.exists(path):
             os.unlink(path)
-        listener = eventlet.listen(path, family=socket.AF_UNIX)
+        # Every live session re-links at once after a restart of this process: a short
+        # backlog refuses some of them (EAGAIN), and with them the INIT answers they carry.
+        listener = eventlet.listen(path, family=socket.AF_UNIX, backlog=4096)
         os.chmod(path, 0o600)
         return eventlet.spawn(self._accept_links, listener)
 

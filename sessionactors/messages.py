@@ -108,11 +108,16 @@ class Activate:
 
 @dataclass(frozen=True)
 class Attach:
-    """Supervisor -> session actor: attach a connection and answer its INIT."""
+    """Supervisor -> session actor: attach a connection and answer its INIT.
+
+    ``restarted``: sent again to a restarted session (the crashed one may or may not have
+    answered it), so the connection is told of the restart like the ones resumed.
+    """
 
     conn_id: str
     latest_event_id: int = -1
     token_version: int = 0
+    restarted: bool = False
 
 
 @dataclass(frozen=True)

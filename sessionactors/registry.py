@@ -23,6 +23,9 @@ class Entry:
     address: Any = None
     incarnation: int = 0
     conns: dict[str, None] = field(default_factory=dict)
+    # conn -> its Attach, from the INIT until the session answers (Attached/AttachFailed):
+    # a restart re-sends these, since what reached a dying actor is lost with it.
+    attaching: dict[str, Any] = field(default_factory=dict)
     buffered: list[Any] = field(default_factory=list)
     restarts: deque[float] = field(default_factory=deque)
     deleting: bool = False

@@ -57,6 +57,7 @@ __all__ = ["SessionActor", "REPLAY_PAGE"]
 log = logging.getLogger("sessionactors.session")
 
 REPLAY_PAGE = 1000
+RESTARTED_WHY = "Session restarted after a failure"
 
 
 def _now_iso() -> str:
@@ -110,6 +111,8 @@ class SessionActor(Actor):  # type: ignore[misc]
         elif isinstance(msg, Activate):
             self._activate(msg)
         elif isinstance(msg, Attach):
+            if msg.restarted:
+                self._send_to([msg.conn_id], [status_update("SESSION_RESTARTED", RESTARTED_WHY)])
             self._attach(msg.conn_id, msg.latest_event_id, msg.token_version, answer=True)
         elif isinstance(msg, Detach):
             self._detach(msg.conn_id)
@@ -196,6 +199,8 @@ class SessionActor(Actor):  # type: ignore[misc]
         )
         if msg.resume:
             self._resume(msg.resume)
+            if isinstance(self.outbox, LinkOutbox):  # a later re-link (new gateway) resumes nothing
+                self.outbox.hello = {"t": "hello", "role": "session", "session_id": msg.session_id}
         if not self.conns:
             self._arm_passivation()
 
@@ -207,8 +212,11 @@ class SessionActor(Actor):  # type: ignore[misc]
             if reply is not None:
                 positions = {c: int(p) for c, p in reply.get("conns", {}).items() if c in positions}
         for conn, last in positions.items():
-            self._send_to([conn], [status_update("SESSION_RESTARTED", "Session restarted after a failure")])
+            self._send_to([conn], [status_update("SESSION_RESTARTED", RESTARTED_WHY)])
             self._attach(conn, last, 0, answer=False)
+        if isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None:
+            # wait_for read these past "positions": the fd will not wake us for them again
+            self._on_link_frames(self.outbox.link.take_pending())
 
     # -- connections ------------------------------------------------------------
     def _attach(self, conn: str, latest_event_id: int, token_version: int, answer: bool) -> None:
@@ -387,13 +395,16 @@ class SessionActor(Actor):  # type: ignore[misc]
             if frames is None:
                 outbox.link = None  # gateway gone: the supervisor detaches our connections
             else:
-                for frame in frames:
-                    if frame.get("t") == "action":
-                        self._on_action(frame["conn"], frame["action"])
+                self._on_link_frames(frames)
         if self.runtime is not None and self.started:
             rt_fds = [fd for fd in ready if fd in self.runtime.filenos()]
             if rt_fds:
                 self._handle_outputs(self.runtime.poll(rt_fds))
+
+    def _on_link_frames(self, frames: list[dict[str, Any]]) -> None:
+        for frame in frames:
+            if frame.get("t") == "action":
+                self._on_action(frame["conn"], frame["action"])
 
     def _on_wakeup(self, payload: Any) -> None:
         if payload == "runtime":

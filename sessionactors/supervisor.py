@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from thespian.actors import (  # type: ignore[import-untyped]
@@ -27,6 +28,7 @@ from thespian.actors import (  # type: ignore[import-untyped]
     WatchMessage,
 )
 
+from .actorsystem import pid_alive
 from .bridge import CallbackOutbox, LinkOutbox, Outbox
 from .config import Config
 from .messages import (
@@ -63,6 +65,8 @@ SUPERVISOR_NAME = "sessionactors-supervisor"
 _RECONNECT = "reconnect"
 _REFILL = "refill"
 _SHUTDOWN_TIMEOUT = "shutdown-timeout"
+_CHECK = "check"
+CHECK_PERIOD = 1.0
 
 
 class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
@@ -78,7 +82,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self.conn_session: dict[str, str] = {}
         # conn -> the session it had, while its INIT for another one is being answered
         self.moving: dict[str, str] = {}
-        self.pool: list[Any] = []
+        # warm, configured, not yet activated session actors: (address, pid)
+        self.pool: list[tuple[Any, int | None]] = []
         self.shutdown_waiter: Any = None
         self.stopping = False  # set by Shutdown: no new actors, no restarts
         self.reconnect_armed = False
@@ -116,6 +121,9 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         elif isinstance(msg, Bounced):
             self._on_bounced(msg)
         elif isinstance(msg, Attached):
+            entry = self.sessions.get(msg.session_id)
+            if entry is not None:
+                entry.attaching.pop(msg.conn_id, None)
             if self.moving.get(msg.conn_id) and self.conn_session.get(msg.conn_id) == msg.session_id:
                 self._detach_from(msg.conn_id, self.moving.pop(msg.conn_id))
         elif isinstance(msg, AttachFailed):
@@ -146,7 +154,9 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         if reconciled:
             log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
         if msg.bridge_path:
-            self.outbox = LinkOutbox(msg.bridge_path, {"t": "hello", "role": "supervisor"})
+            self.outbox = LinkOutbox(
+                msg.bridge_path, {"t": "hello", "role": "supervisor"}, on_lost=self._on_link_lost
+            )
             if self.outbox.connect() is None:
                 self._arm_reconnect()
         else:
@@ -154,6 +164,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
         self._refill_pool(all_at_once=True)
         self._sweep_retention()
+        self.wakeupAfter(CHECK_PERIOD, payload=_CHECK)
         self.send(sender, Configured(self.store.count_sessions()))
 
     # -- helpers ----------------------------------------------------------------
@@ -173,11 +184,22 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.sessions[session_id] = entry
         return entry
 
-    def _spawn(self) -> Any:
+    def _spawn(self) -> tuple[Any, int | None]:
         assert self.configure_msg is not None
         address = self.createActor(SessionActor)
         self.send(address, self.configure_msg)
-        return address
+        return address, self._child_pid(address)
+
+    def _child_pid(self, address: Any) -> int | None:
+        """The pid of a child just created (Thespian 4.0.1 keeps its multiprocessing.Process).
+
+        Known from the start, it lets the liveness check find a pooled or newly activated
+        actor that died without Thespian telling us (see ``_check_alive``).
+        """
+        for child in reversed(getattr(getattr(self, "_myRef", None), "_child_procs", None) or []):
+            if child.childAddr == address:
+                return getattr(child.childProc, "pid", None)
+        return None
 
     def _refill_pool(self, all_at_once: bool = False) -> None:
         """Top the pool up. One fork per call, then yield, so INITs queued meanwhile go first."""
@@ -192,10 +214,10 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
     def _activate(self, entry: Entry, created: bool = False, resume: tuple[str, ...] = ()) -> None:
         """Start a new incarnation of ``entry`` and hand it the buffered messages."""
         if self.pool:
-            entry.address = self.pool.pop(0)
+            entry.address, entry.pid = self.pool.pop(0)
             self.wakeupAfter(0.0, payload=_REFILL)  # after this INIT is answered
         else:
-            entry.address = self._spawn()
+            entry.address, entry.pid = self._spawn()
         entry.incarnation += 1
         if not created and not resume:
             self.stats["rehydrations"] += 1
@@ -206,7 +228,11 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.send(entry.address, msg)
 
     def _deliver(self, entry: Entry, msg: Any) -> None:
-        if entry.state == "live":
+        if entry.state == "live" and entry.pid is not None and not pid_alive(entry.pid):
+            # Dead, and Thespian has not told us yet: what we sent it now would be lost.
+            entry.buffered.append(msg)
+            self._on_child_exited(entry.address)
+        elif entry.state == "live":
             self.send(entry.address, msg)
         elif entry.state == "passivating":
             entry.buffered.append(msg)
@@ -262,6 +288,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self._move_conn(conn, entry.session_id)
         entry.conns[conn] = None
         attach = Attach(conn, msg.latest_event_id, entry.token_version)
+        entry.attaching[conn] = attach
         if created:
             entry.buffered.append(attach)
             self._activate(entry, created=True)
@@ -300,6 +327,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             elif self.moving.get(conn) == entry.session_id:
                 del self.moving[conn]
         entry.conns.clear()
+        entry.attaching.clear()
         entry.buffered.clear()
 
     def _detach_from(self, conn: str, session_id: str) -> None:
@@ -307,6 +335,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         if entry is None or conn not in entry.conns:
             return
         del entry.conns[conn]
+        entry.attaching.pop(conn, None)
         if entry.state == "live":
             self.send(entry.address, Detach(conn))
         else:  # not live: forget its pending attach instead of waking the session for nothing
@@ -333,7 +362,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             # Recycle the process: it is clean (runtime stopped, record saved) and activating a
             # pooled actor costs one message where a new one costs a fork. Messages we sent it
             # before this point reach it first (per-pair FIFO) and are bounced back to us.
-            self.pool.append(entry.address)
+            self.pool.append((entry.address, entry.pid))
             entry.address, entry.pid, entry.state = None, None, "passivated"
             if entry.buffered:
                 self._activate(entry)
@@ -348,6 +377,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
 
     def _on_attach_failed(self, msg: AttachFailed) -> None:
         entry = self.sessions.get(msg.session_id)
+        if entry is not None:
+            entry.attaching.pop(msg.conn_id, None)
         if entry is not None and self.conn_session.get(msg.conn_id) == msg.session_id:
             entry.conns.pop(msg.conn_id, None)
             old = self.moving.pop(msg.conn_id, None)
@@ -364,7 +395,10 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
 
     def _on_child_exited(self, address: Any) -> None:
         assert self.cfg is not None and self.store is not None
-        self.pool = [a for a in self.pool if a != address]
+        pooled = len(self.pool)
+        self.pool = [p for p in self.pool if p[0] != address]
+        if len(self.pool) < pooled and not self.stopping:  # a pooled actor died: replace it
+            self.wakeupAfter(0.0, payload=_REFILL)
         entry = self._find_by_address(address)
         if entry is None:  # a pooled actor, or a duplicate notification: nothing to do
             self._maybe_finish_shutdown()
@@ -381,6 +415,24 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self._restart(entry)
         self._maybe_finish_shutdown()
 
+    def _check_alive(self) -> None:
+        """Handle the exits Thespian did not report.
+
+        Thespian 4.0.1 can lose a ``ChildActorExited``: handling one child's exit, its
+        ``_childExited`` forgets every other dead child before its SIGCHLD scan reports
+        them (the soak tests lost 2-10 of 20 rapid kills). A session never restarted, or a
+        dead pooled actor activated, would hang every INIT sent to it.
+        """
+        for address, pid in list(self.pool):
+            if pid is not None and not pid_alive(pid):
+                self._on_child_exited(address)
+        for entry in list(self.sessions.values()):
+            if entry.address is not None and entry.pid is not None and not pid_alive(entry.pid):
+                log.warning(
+                    "supervisor: session %s's actor (pid %d) died unreported", entry.session_id, entry.pid
+                )
+                self._on_child_exited(entry.address)
+
     def _restart(self, entry: Entry) -> None:
         assert self.cfg is not None and self.store is not None
         now = time.monotonic()
@@ -396,7 +448,14 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         entry.restarts.append(now)
         self.stats["restarts"] += 1
         log.warning("supervisor: session %s exited unexpectedly; restarting", entry.session_id)
-        self._activate(entry, resume=tuple(entry.conns))
+        # Connections already attached resume from where the gateway says they are; an
+        # Attach the dead actor had not answered is sent again (its INIT still waits).
+        entry.attaching = {c: replace(a, restarted=True) for c, a in entry.attaching.items()}
+        pending = list(entry.attaching.values())
+        entry.buffered = pending + [
+            m for m in entry.buffered if not (isinstance(m, Attach) and m.conn_id in entry.attaching)
+        ]
+        self._activate(entry, resume=tuple(c for c in entry.conns if c not in entry.attaching))
 
     def _on_poison(self, msg: PoisonMessage) -> None:
         original = msg.poisonMessage
@@ -414,6 +473,9 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self._refill_pool()
         elif payload == RETENTION:
             self._sweep_retention()
+        elif payload == _CHECK:
+            self._check_alive()
+            self.wakeupAfter(CHECK_PERIOD, payload=_CHECK)
         elif payload == _SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")
             self._finish_shutdown()
@@ -423,15 +485,19 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.reconnect_armed = True
             self.wakeupAfter(0.1, payload=_RECONNECT)
 
+    def _on_link_lost(self) -> None:
+        """The gateway is gone (EOF, or a failed send): its connections went with it."""
+        log.warning("supervisor: gateway link lost; detaching every connection")
+        for conn in list(self.conn_session):
+            self._drop_conn(conn)
+        self._arm_reconnect()
+
     def _on_bridge(self) -> None:
         assert isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None
         frames = self.outbox.link.receive()
         if frames is None:
-            log.warning("supervisor: gateway link lost; detaching every connection")
             self.outbox.link = None
-            for conn in list(self.conn_session):
-                self._drop_conn(conn)
-            self._arm_reconnect()
+            self._on_link_lost()
             return
         for frame in frames:
             kind = frame.get("t")
@@ -468,7 +534,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         for entry in self.sessions.values():
             if entry.address is not None:
                 self.send(entry.address, ActorExitRequest())
-        for address in self.pool:
+        for address, _ in self.pool:
             self.send(address, ActorExitRequest())
         self.wakeupAfter(20.0, payload=_SHUTDOWN_TIMEOUT)
         self._maybe_finish_shutdown()

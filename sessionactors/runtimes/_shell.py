@@ -205,7 +205,12 @@ class ShellProcess:
             with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3
                 self.pidfd = os.pidfd_open(self.pid)
             nonce = secrets.token_hex(8)
-            init = "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history\n"
+            # The trap removes the command file's directory when bash exits on its own: at EOF
+            # on stdin, which is what it sees when its session actor was killed (no close()).
+            init = (
+                "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history; "
+                f"trap {shlex.quote('rm -rf -- ' + shlex.quote(self._ctl_dir))} EXIT\n"
+            )
             self._write(init.encode() + self._marker_line(nonce))
             self._wait_ready(OutputReader(nonce, None), start_timeout)
         except (OSError, RuntimeStartError) as exc:
