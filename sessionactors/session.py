@@ -106,6 +106,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.supervisor = sender
             self._bridge_path = msg.bridge_path
             self._frames_to = msg.frames_to
+            # While pooled, so that an activation does not pay for it.
+            self.store = self.store or open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
         elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
             self.send(self.supervisor, Bounced(self.session_id or "", msg))
         elif isinstance(msg, Activate):
@@ -166,6 +168,9 @@ class SessionActor(Actor):  # type: ignore[misc]
         if self.store is None:
             self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
         record = self.store.get_session(msg.session_id)
+        if record is None and msg.record is not None:  # a new session: its record is ours to store
+            self.store.create_session(msg.record)
+            record = msg.record
         if record is None:
             raise SessionActorsError(f"no record for session {msg.session_id}")
         self.next_id = self.store.last_event_id(msg.session_id) + 1
@@ -190,7 +195,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
         if record.state != "live":  # a new session's record says live already: spare an fsync
             self.store.update_session(msg.session_id, state="live", last_active=time.time())
-        self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
+        if msg.want_pid:
+            self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
         log.info(
             "session activated (incarnation %d, pid %d)",
             msg.incarnation,

@@ -54,6 +54,7 @@ from .messages import (
 from .protocol import error_frame, status_update
 from .queries import RETENTION, SessionQueries
 from .registry import Entry
+from .runtime import load_runtime
 from .session import SessionActor
 from .store import SessionRecord, Store, open_store
 
@@ -66,6 +67,7 @@ _RECONNECT = "reconnect"
 _REFILL = "refill"
 _SHUTDOWN_TIMEOUT = "shutdown-timeout"
 _CHECK = "check"
+REFILL_QUIET = 0.05  # seconds without an activation before the pool is refilled
 CHECK_PERIOD = 1.0
 
 
@@ -87,6 +89,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self.shutdown_waiter: Any = None
         self.stopping = False  # set by Shutdown: no new actors, no restarts
         self.reconnect_armed = False
+        self.refill_armed = False
+        self.last_activation = 0.0
         self.stats = {"created": 0, "passivations": 0, "rehydrations": 0, "restarts": 0}
 
     # -- Thespian entry point ---------------------------------------------------
@@ -124,6 +128,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             entry = self.sessions.get(msg.session_id)
             if entry is not None:
                 entry.attaching.pop(msg.conn_id, None)
+                entry.new_record = None  # stored: the session stores before it attaches
             if self.moving.get(msg.conn_id) and self.conn_session.get(msg.conn_id) == msg.session_id:
                 self._detach_from(msg.conn_id, self.moving.pop(msg.conn_id))
         elif isinstance(msg, AttachFailed):
@@ -150,6 +155,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self.cfg = Config.from_json(msg.config_json)
         self.configure_msg = msg
         self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        load_runtime(self.cfg.runtime)  # cached before the session actors are forked from us
         reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
         if reconciled:
             log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
@@ -202,27 +208,47 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         return None
 
     def _refill_pool(self, all_at_once: bool = False) -> None:
-        """Top the pool up. One fork per call, then yield, so INITs queued meanwhile go first."""
+        """Top the pool up: one fork per call, and only once activations pause.
+
+        A fork (and the new process's start) costs more CPU than activating a pooled
+        actor; during a burst of INITs, forking would slow the very activations the pool
+        is there to speed up, so the pool is spent first and refilled after.
+        """
         assert self.cfg is not None
+        if not all_at_once:
+            self.refill_armed = False
+            quiet = time.monotonic() - self.last_activation
+            if quiet < REFILL_QUIET:
+                self._arm_refill(REFILL_QUIET - quiet)
+                return
         while len(self.pool) < self.cfg.pool_size and not self.stopping:
             self.pool.append(self._spawn())
             if not all_at_once:
                 if len(self.pool) < self.cfg.pool_size:
-                    self.wakeupAfter(0.0, payload=_REFILL)
+                    self._arm_refill(0.0)
                 return
+
+    def _arm_refill(self, delay: float) -> None:
+        if not self.refill_armed:
+            self.refill_armed = True
+            self.wakeupAfter(delay, payload=_REFILL)
 
     def _activate(self, entry: Entry, created: bool = False, resume: tuple[str, ...] = ()) -> None:
         """Start a new incarnation of ``entry`` and hand it the buffered messages."""
+        self.last_activation = time.monotonic()
         if self.pool:
             entry.address, entry.pid = self.pool.pop(0)
-            self.wakeupAfter(0.0, payload=_REFILL)  # after this INIT is answered
+            self._arm_refill(REFILL_QUIET)
         else:
             entry.address, entry.pid = self._spawn()
         entry.incarnation += 1
         if not created and not resume:
             self.stats["rehydrations"] += 1
         entry.state = "live"
-        self.send(entry.address, Activate(entry.session_id, entry.incarnation, created, resume))
+        activate = Activate(
+            entry.session_id, entry.incarnation, created, resume, entry.new_record, entry.pid is None
+        )
+        self.send(entry.address, activate)
         buffered, entry.buffered = entry.buffered, []
         for msg in buffered:
             self.send(entry.address, msg)
@@ -265,9 +291,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
                 last_active=now,
                 state="live",
             )
-            self.store.create_session(record)
             self.stats["created"] += 1
-            entry = Entry(session_id, msg.user_id)
+            entry = Entry(session_id, msg.user_id, new_record=record)
             self.sessions[session_id] = entry
             created = True
         else:
@@ -398,7 +423,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         pooled = len(self.pool)
         self.pool = [p for p in self.pool if p[0] != address]
         if len(self.pool) < pooled and not self.stopping:  # a pooled actor died: replace it
-            self.wakeupAfter(0.0, payload=_REFILL)
+            self._arm_refill(0.0)
         entry = self._find_by_address(address)
         if entry is None:  # a pooled actor, or a duplicate notification: nothing to do
             self._maybe_finish_shutdown()
