@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from typing import Any
 
@@ -155,6 +153,9 @@ def _admin_get(cfg: Config, state: dict[str, Any], path: str, method: str = "GET
         token = (cfg.run_dir / "admin.token").read_text().strip()
     except OSError as exc:
         raise DaemonError(f"cannot read the admin token: {exc}") from None
+    import urllib.error  # here: the actor processes fork from this one; keep ssl out of them
+    import urllib.request
+
     url = f"http://{_url_host(str(state['host']))}:{state['port']}{path}"
     req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
     try:

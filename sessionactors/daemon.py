@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +99,8 @@ def listening_pid(port: int) -> int | None:
 
 def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
     """True when ``/api/health`` answers 200."""
+    import urllib.request  # here: actor processes fork from this one; keep ssl (~5 MB) out of them
+
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/api/health", timeout=timeout) as resp:
             return bool(resp.status == 200)

@@ -98,17 +98,17 @@ class Activate:
 
     ``resume`` lists the connections to re-attach after a crash restart (their
     positions are asked from the gateway so that nothing is replayed twice).
-    ``record`` is a new session's record, stored by the session actor itself (so the
-    supervisor does not wait for that commit), until the session has attached someone.
     ``want_pid``: answer ``Activated`` (the supervisor does not know this process's pid).
+    ``then``: the messages buffered for the session (an INIT's Attach, actions), handled
+    right after activating: one message where there were two or more.
     """
 
     session_id: str
     incarnation: int
     created: bool = False
     resume: tuple[str, ...] = ()
-    record: Any = None
     want_pid: bool = False
+    then: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,4 @@ class Entry:
     buffered: list[Any] = field(default_factory=list)
     restarts: deque[float] = field(default_factory=deque)
     deleting: bool = False
-    # a new session's record, until its actor has stored it (see Activate.record)
-    new_record: Any = None
     pid: int | None = None

@@ -31,7 +31,6 @@ import abc
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
@@ -238,25 +237,28 @@ class Runtime(abc.ABC):
 
 @functools.cache
 def load_runtime(name: str) -> type[Runtime]:
-    """The runtime class registered under ``name`` in the entry point group.
+    """The built-in runtime ``name`` (echo, local), or the one registered under it in the
+    entry point group.
 
     Cached: scanning the installed distributions' entry points costs ~10 ms, which was the
     largest part of a session's activation; the supervisor resolves it before forking, so
     session actors inherit the answer.
     """
+    import importlib
+
+    builtin = _BUILTINS.get(name)
+    if builtin is not None:  # no metadata scan: importlib.metadata alone weighs ~3 MB per process
+        module_name, cls_name = builtin.rsplit(":", 1)
+        return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
+    from importlib import metadata
+
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             cls = ep.load()
             if not (isinstance(cls, type) and issubclass(cls, Runtime)):
                 raise ConfigError("runtime", f"entry point {name!r} is not a Runtime subclass")
             return cls
-    builtin = _BUILTINS.get(name)
-    if builtin is None:
-        raise ConfigError("runtime", f"no runtime named {name!r} is installed")
-    module_name, cls_name = builtin.rsplit(":", 1)
-    import importlib
-
-    return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
+    raise ConfigError("runtime", f"no runtime named {name!r} is installed")
 
 
 # Found even when the package runs from a source tree without installed metadata.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any
@@ -112,6 +113,8 @@ class SessionActor(Actor):  # type: ignore[misc]
             self.send(self.supervisor, Bounced(self.session_id or "", msg))
         elif isinstance(msg, Activate):
             self._activate(msg)
+            for then in msg.then:
+                self._handle_then(then)
         elif isinstance(msg, Attach):
             if msg.restarted:
                 self._send_to([msg.conn_id], [status_update("SESSION_RESTARTED", RESTARTED_WHY)])
@@ -131,6 +134,14 @@ class SessionActor(Actor):  # type: ignore[misc]
         self._arm_runtime_deadline()
         self._report_samples()
         return self._watch()
+
+    def _handle_then(self, msg: Any) -> None:
+        """A message that came inside Activate: on failure, returned like Thespian's poison."""
+        try:
+            self.receiveMessage(msg, self.supervisor)
+        except Exception:
+            log.exception("session %s: failed handling %r", self.session_id, msg)
+            self.send(self.supervisor, PoisonMessage(msg, traceback.format_exc()))
 
     def _report_samples(self, force: bool = False) -> None:
         """Send latency samples at most every 0.25 s (a wakeup flushes the stragglers)."""
@@ -168,9 +179,6 @@ class SessionActor(Actor):  # type: ignore[misc]
         if self.store is None:
             self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
         record = self.store.get_session(msg.session_id)
-        if record is None and msg.record is not None:  # a new session: its record is ours to store
-            self.store.create_session(msg.record)
-            record = msg.record
         if record is None:
             raise SessionActorsError(f"no record for session {msg.session_id}")
         self.next_id = self.store.last_event_id(msg.session_id) + 1
@@ -193,8 +201,11 @@ class SessionActor(Actor):  # type: ignore[misc]
         else:
             frames_to = self._frames_to
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
-        if record.state != "live":  # a new session's record says live already: spare an fsync
-            self.store.update_session(msg.session_id, state="live", last_active=time.time())
+        # No "live" write here: a record left "live" by a dead daemon is reconciled to
+        # "passivated" at start-up anyway, and this commit (an fsync under the store's one
+        # write lock) was what serialised a burst of rehydrations. A "failed" mark is cleared.
+        if record.state == "failed":
+            self.store.update_session(msg.session_id, state="passivated")
         if msg.want_pid:
             self.send(self.supervisor, Activated(msg.session_id, msg.incarnation, os.getpid()))
         log.info(

@@ -329,16 +329,17 @@ class SQLiteStore(Store):
         values = {n: json.loads(v) if n in _JSON_FIELDS else v for n, v in zip(_FIELDS, row, strict=True)}
         return SessionRecord(**values)
 
-    def create_session(self, record: SessionRecord) -> None:
-        """Insert a new record; StoreError if one with the same id exists."""
-        values = tuple(self._encode(n, getattr(record, n)) for n in _FIELDS)
+    def create_sessions(self, records: list[SessionRecord]) -> None:
+        """Insert new records, all or none; StoreError if one with the same id exists."""
+        rows = [tuple(self._encode(n, getattr(r, n)) for n in _FIELDS) for r in records]
         sql = f"INSERT INTO sessions ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
         try:
             with self._tx("creating a session") as db:
-                db.execute(sql, values)
+                db.executemany(sql, rows)
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise StoreError(f"session {record.session_id} already exists") from exc
+                ids = ", ".join(r.session_id for r in records)
+                raise StoreError(f"session {ids} already exists") from exc
             raise
 
     def get_session(self, session_id: str) -> SessionRecord | None:

@@ -61,9 +61,13 @@ class Store(abc.ABC):
         """The highest stored id, or -1 when the session has no event."""
 
     # -- session records ---------------------------------------------------
-    @abc.abstractmethod
     def create_session(self, record: SessionRecord) -> None:
         """Store a new record; raise StoreError if the id exists."""
+        self.create_sessions([record])
+
+    @abc.abstractmethod
+    def create_sessions(self, records: list[SessionRecord]) -> None:
+        """Store new records in one transaction (one commit for a burst of INITs)."""
 
     @abc.abstractmethod
     def get_session(self, session_id: str) -> SessionRecord | None:

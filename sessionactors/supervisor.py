@@ -31,6 +31,7 @@ from thespian.actors import (  # type: ignore[import-untyped]
 from .actorsystem import pid_alive
 from .bridge import CallbackOutbox, LinkOutbox, Outbox
 from .config import Config
+from .errors import StoreError
 from .messages import (
     Action,
     Activate,
@@ -84,6 +85,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self.conn_session: dict[str, str] = {}
         # conn -> the session it had, while its INIT for another one is being answered
         self.moving: dict[str, str] = {}
+        # new sessions whose records are not committed yet (see _create_batch)
+        self.creating: list[tuple[Entry, SessionRecord]] = []
         # warm, configured, not yet activated session actors: (address, pid)
         self.pool: list[tuple[Any, int | None]] = []
         self.shutdown_waiter: Any = None
@@ -128,7 +131,6 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             entry = self.sessions.get(msg.session_id)
             if entry is not None:
                 entry.attaching.pop(msg.conn_id, None)
-                entry.new_record = None  # stored: the session stores before it attaches
             if self.moving.get(msg.conn_id) and self.conn_session.get(msg.conn_id) == msg.session_id:
                 self._detach_from(msg.conn_id, self.moving.pop(msg.conn_id))
         elif isinstance(msg, AttachFailed):
@@ -144,7 +146,26 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         elif isinstance(msg, ActorExitRequest):
             if self.store is not None:
                 self.store.close()
+        if self.creating:
+            self._create_batch()
         return self._watch()
+
+    def _create_batch(self) -> None:
+        """Commit the records of the sessions created by this message (one bridge read may
+        carry many INITs) in one transaction, then activate them: one fsync for a burst."""
+        assert self.store is not None
+        creating, self.creating = self.creating, []
+        try:
+            self.store.create_sessions([record for _, record in creating])
+        except StoreError as exc:
+            log.error("supervisor: could not store %d new session(s): %s", len(creating), exc)
+            for entry, _ in creating:
+                self._evict(entry, [error_frame("The session could not be created; try again", 503)])
+                self.sessions.pop(entry.session_id, None)
+            return
+        for entry, _ in creating:
+            if entry.buffered and not self.stopping:  # else every connection left already
+                self._activate(entry, created=True)
 
     def _watch(self) -> Any:
         if isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None:
@@ -245,13 +266,11 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         if not created and not resume:
             self.stats["rehydrations"] += 1
         entry.state = "live"
+        buffered, entry.buffered = entry.buffered, []
         activate = Activate(
-            entry.session_id, entry.incarnation, created, resume, entry.new_record, entry.pid is None
+            entry.session_id, entry.incarnation, created, resume, entry.pid is None, tuple(buffered)
         )
         self.send(entry.address, activate)
-        buffered, entry.buffered = entry.buffered, []
-        for msg in buffered:
-            self.send(entry.address, msg)
 
     def _deliver(self, entry: Entry, msg: Any) -> None:
         if entry.state == "live" and entry.pid is not None and not pid_alive(entry.pid):
@@ -276,7 +295,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
                     1
                     for e in self.sessions.values()
                     if e.owner == msg.user_id and e.state in ("live", "passivating")
-                )
+                ) + sum(1 for e, _ in self.creating if e.owner == msg.user_id)
                 if live >= self.cfg.max_live_sessions_per_user:
                     self._answer(conn, [error_frame("Too many live sessions for this user", 429)])
                     return
@@ -292,7 +311,8 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
                 state="live",
             )
             self.stats["created"] += 1
-            entry = Entry(session_id, msg.user_id, new_record=record)
+            entry = Entry(session_id, msg.user_id)
+            self.creating.append((entry, record))
             self.sessions[session_id] = entry
             created = True
         else:
@@ -315,8 +335,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         attach = Attach(conn, msg.latest_event_id, entry.token_version)
         entry.attaching[conn] = attach
         if created:
-            entry.buffered.append(attach)
-            self._activate(entry, created=True)
+            entry.buffered.append(attach)  # activated once its record is committed: _create_batch
         else:
             if entry.state == "failed":
                 entry.restarts.clear()
