@@ -122,8 +122,8 @@ class Config:
             )
         if self.fsync not in ("full", "normal"):
             raise ConfigError("fsync", "must be 'full' or 'normal'")
-        if self.pool_size < 0 or self.pool_size > 64:
-            raise ConfigError("pool_size", "must be between 0 and 64")
+        if self.pool_size < 0 or self.pool_size > 1024:
+            raise ConfigError("pool_size", "must be between 0 and 1024")
         if self.link_wait < 0:
             raise ConfigError("link_wait", "must be >= 0 seconds")
         if self.restart_intensity < 0:

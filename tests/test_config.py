@@ -189,7 +189,7 @@ INVALID: list[tuple[str, str | None, dict[str, str], dict[str, Any]]] = [
     ("send_buffer", None, {"SESSIONACTORS_SEND_BUFFER": "-1"}, {}),
     ("rate_limit", "rate_limit = 0\n", {}, {}),
     ("rate_burst", "rate_burst = 0\n", {}, {}),
-    ("pool_size", "pool_size = 65\n", {}, {}),
+    ("pool_size", "pool_size = 1025\n", {}, {}),
     ("restart_intensity", "restart_intensity = -1\n", {}, {}),
     ("restart_period", "restart_period = 0\n", {}, {}),
     ("retention_days", "retention_days = -1\n", {}, {}),
