@@ -204,6 +204,14 @@ class Run:
             time.sleep(0.25)
         self.notes.append(f"settle: ours still had live sessions or extra actor processes after {timeout} s")
 
+    def warm_up(self, target: Target, sessions: int, timeout: float = 15.0) -> None:
+        """Ours: let the pool refill after the INITs (its forks would land in the measurement)."""
+        if not isinstance(target, OursTarget):
+            return
+        deadline = time.monotonic() + timeout
+        while len(target.actor_pids()) < self.ours_baseline_procs + sessions and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def wait_passivated(self, target: OursTarget, sessions: list[tuple[str, str]], timeout: float) -> int:
         """Poll ``GET /api/sessions/<id>`` (bearer token) until every one is passivated; answers how many are."""
         todo = dict(sessions)
@@ -266,6 +274,7 @@ class Run:
 
     def roundtrip(self, target: Target, sessions: int, duration: float, scenario: str) -> dict[str, Any]:
         opened = self.open_sessions(target, sessions)
+        self.warm_up(target, sessions)
         res = self.measured(scenario, target, "roundtrip", {"rate": self.plan.rt_rate, "duration": duration})
         self.close_sessions()
         lat = summary(res.get("lat_ms", []))
