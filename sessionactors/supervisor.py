@@ -8,6 +8,9 @@ connections, and the messages buffered while it is passivating (they are handed
 to the next incarnation, as Akka's ``Passivate`` does). A session that exits
 without having passivated is restarted (OTP: a *transient* child) unless it
 crashed more than ``restart_intensity`` times within ``restart_period`` seconds.
+
+This module routes; the pool, activation, exits, restarts and shutdown are in
+``lifecycle.py`` and the answers to queries in ``queries.py`` (mixins of the actor).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from thespian.actors import (  # type: ignore[import-untyped]
@@ -32,9 +34,9 @@ from .actorsystem import pid_alive
 from .bridge import CallbackOutbox, LinkOutbox, Outbox
 from .config import Config
 from .errors import StoreError
+from .lifecycle import CHECK, CHECK_PERIOD, REFILL, SHUTDOWN_TIMEOUT, SessionLifecycle
 from .messages import (
     Action,
-    Activate,
     Activated,
     Attach,
     Attached,
@@ -50,13 +52,11 @@ from .messages import (
     Query,
     QueryReply,
     Shutdown,
-    ShutdownDone,
 )
-from .protocol import error_frame, status_update
+from .protocol import error_frame
 from .queries import RETENTION, SessionQueries
 from .registry import Entry
 from .runtime import load_runtime
-from .session import SessionActor
 from .store import SessionRecord, Store, open_store
 
 __all__ = ["SupervisorActor", "SUPERVISOR_NAME"]
@@ -65,14 +65,9 @@ log = logging.getLogger("sessionactors.supervisor")
 
 SUPERVISOR_NAME = "sessionactors-supervisor"
 _RECONNECT = "reconnect"
-_REFILL = "refill"
-_SHUTDOWN_TIMEOUT = "shutdown-timeout"
-_CHECK = "check"
-REFILL_QUIET = 0.05  # seconds without an activation before the pool is refilled
-CHECK_PERIOD = 1.0
 
 
-class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
+class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
     """Routes connections to sessions, restarts crashed sessions, knows which exist."""
 
     def __init__(self) -> None:
@@ -191,7 +186,7 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.outbox = CallbackOutbox(lambda frame: self.send(frames_to, Frame(frame)))
         self._refill_pool(all_at_once=True)
         self._sweep_retention()
-        self.wakeupAfter(CHECK_PERIOD, payload=_CHECK)
+        self.wakeupAfter(CHECK_PERIOD, payload=CHECK)
         self.send(sender, Configured(self.store.count_sessions()))
 
     # -- helpers ----------------------------------------------------------------
@@ -210,67 +205,6 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             entry.state = "failed" if record.state == "failed" else "passivated"
             self.sessions[session_id] = entry
         return entry
-
-    def _spawn(self) -> tuple[Any, int | None]:
-        assert self.configure_msg is not None
-        address = self.createActor(SessionActor)
-        self.send(address, self.configure_msg)
-        return address, self._child_pid(address)
-
-    def _child_pid(self, address: Any) -> int | None:
-        """The pid of a child just created (Thespian 4.0.1 keeps its multiprocessing.Process).
-
-        Known from the start, it lets the liveness check find a pooled or newly activated
-        actor that died without Thespian telling us (see ``_check_alive``).
-        """
-        for child in reversed(getattr(getattr(self, "_myRef", None), "_child_procs", None) or []):
-            if child.childAddr == address:
-                return getattr(child.childProc, "pid", None)
-        return None
-
-    def _refill_pool(self, all_at_once: bool = False) -> None:
-        """Top the pool up: one fork per call, and only once activations pause.
-
-        A fork (and the new process's start) costs more CPU than activating a pooled
-        actor; during a burst of INITs, forking would slow the very activations the pool
-        is there to speed up, so the pool is spent first and refilled after.
-        """
-        assert self.cfg is not None
-        if not all_at_once:
-            self.refill_armed = False
-            quiet = time.monotonic() - self.last_activation
-            if quiet < REFILL_QUIET:
-                self._arm_refill(REFILL_QUIET - quiet)
-                return
-        while len(self.pool) < self.cfg.pool_size and not self.stopping:
-            self.pool.append(self._spawn())
-            if not all_at_once:
-                if len(self.pool) < self.cfg.pool_size:
-                    self._arm_refill(0.0)
-                return
-
-    def _arm_refill(self, delay: float) -> None:
-        if not self.refill_armed:
-            self.refill_armed = True
-            self.wakeupAfter(delay, payload=_REFILL)
-
-    def _activate(self, entry: Entry, created: bool = False, resume: tuple[str, ...] = ()) -> None:
-        """Start a new incarnation of ``entry`` and hand it the buffered messages."""
-        self.last_activation = time.monotonic()
-        if self.pool:
-            entry.address, entry.pid = self.pool.pop(0)
-            self._arm_refill(REFILL_QUIET)
-        else:
-            entry.address, entry.pid = self._spawn()
-        entry.incarnation += 1
-        if not created and not resume:
-            self.stats["rehydrations"] += 1
-        entry.state = "live"
-        buffered, entry.buffered = entry.buffered, []
-        activate = Activate(
-            entry.session_id, entry.incarnation, created, resume, entry.pid is None, tuple(buffered)
-        )
-        self.send(entry.address, activate)
 
     def _deliver(self, entry: Entry, msg: Any) -> None:
         if entry.state == "live" and entry.pid is not None and not pid_alive(entry.pid):
@@ -396,29 +330,6 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
         self._deliver(entry, msg)
 
     # -- lifecycle ----------------------------------------------------------------
-    def _on_passivated(self, msg: Passivated) -> None:
-        entry = self.sessions.get(msg.session_id)
-        if entry is None or entry.incarnation != msg.incarnation or entry.state != "live":
-            return
-        self.stats["passivations"] += 1
-        assert self.cfg is not None
-        if len(self.pool) < self.cfg.pool_size and not self.stopping:
-            # Recycle the process: it is clean (runtime stopped, record saved) and activating a
-            # pooled actor costs one message where a new one costs a fork. Messages we sent it
-            # before this point reach it first (per-pair FIFO) and are bounced back to us.
-            self.pool.append((entry.address, entry.pid))
-            entry.address, entry.pid, entry.state = None, None, "passivated"
-            if entry.buffered:
-                self._activate(entry)
-            return
-        entry.state = "passivating"
-        self.send(entry.address, ActorExitRequest())
-
-    def _on_bounced(self, msg: Bounced) -> None:
-        entry = self.sessions.get(msg.session_id)
-        if entry is not None:
-            self._deliver(entry, msg.message)
-
     def _on_attach_failed(self, msg: AttachFailed) -> None:
         entry = self.sessions.get(msg.session_id)
         if entry is not None:
@@ -430,76 +341,6 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
                 self.conn_session[msg.conn_id] = old
             else:
                 del self.conn_session[msg.conn_id]
-
-    def _find_by_address(self, address: Any) -> Entry | None:
-        for entry in self.sessions.values():
-            if entry.address is not None and entry.address == address:
-                return entry
-        return None
-
-    def _on_child_exited(self, address: Any) -> None:
-        assert self.cfg is not None and self.store is not None
-        pooled = len(self.pool)
-        self.pool = [p for p in self.pool if p[0] != address]
-        if len(self.pool) < pooled and not self.stopping:  # a pooled actor died: replace it
-            self._arm_refill(0.0)
-        entry = self._find_by_address(address)
-        if entry is None:  # a pooled actor, or a duplicate notification: nothing to do
-            self._maybe_finish_shutdown()
-            return
-        entry.address = None
-        entry.pid = None
-        if entry.deleting:
-            self._delete_now(entry)
-        elif entry.state == "passivating" or self.stopping:
-            entry.state = "passivated"
-            if entry.buffered and not self.stopping:
-                self._activate(entry)
-        elif entry.state == "live":
-            self._restart(entry)
-        self._maybe_finish_shutdown()
-
-    def _check_alive(self) -> None:
-        """Handle the exits Thespian did not report.
-
-        Thespian 4.0.1 can lose a ``ChildActorExited``: handling one child's exit, its
-        ``_childExited`` forgets every other dead child before its SIGCHLD scan reports
-        them (the soak tests lost 2-10 of 20 rapid kills). A session never restarted, or a
-        dead pooled actor activated, would hang every INIT sent to it.
-        """
-        for address, pid in list(self.pool):
-            if pid is not None and not pid_alive(pid):
-                self._on_child_exited(address)
-        for entry in list(self.sessions.values()):
-            if entry.address is not None and entry.pid is not None and not pid_alive(entry.pid):
-                log.warning(
-                    "supervisor: session %s's actor (pid %d) died unreported", entry.session_id, entry.pid
-                )
-                self._on_child_exited(entry.address)
-
-    def _restart(self, entry: Entry) -> None:
-        assert self.cfg is not None and self.store is not None
-        now = time.monotonic()
-        while entry.restarts and entry.restarts[0] < now - self.cfg.restart_period:
-            entry.restarts.popleft()
-        if len(entry.restarts) >= self.cfg.restart_intensity:
-            log.error("supervisor: session %s crashed too often; marked failed", entry.session_id)
-            entry.state = "failed"
-            self.store.update_session(entry.session_id, state="failed")
-            why = "Session failed repeatedly; send initialize again to retry"
-            self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
-            return
-        entry.restarts.append(now)
-        self.stats["restarts"] += 1
-        log.warning("supervisor: session %s exited unexpectedly; restarting", entry.session_id)
-        # Connections already attached resume from where the gateway says they are; an
-        # Attach the dead actor had not answered is sent again (its INIT still waits).
-        entry.attaching = {c: replace(a, restarted=True) for c, a in entry.attaching.items()}
-        pending = list(entry.attaching.values())
-        entry.buffered = pending + [
-            m for m in entry.buffered if not (isinstance(m, Attach) and m.conn_id in entry.attaching)
-        ]
-        self._activate(entry, resume=tuple(c for c in entry.conns if c not in entry.attaching))
 
     def _on_poison(self, msg: PoisonMessage) -> None:
         original = msg.poisonMessage
@@ -513,14 +354,14 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
             self.reconnect_armed = False
             if isinstance(self.outbox, LinkOutbox) and self.outbox.connect() is None:
                 self._arm_reconnect()
-        elif payload == _REFILL:
+        elif payload == REFILL:
             self._refill_pool()
         elif payload == RETENTION:
             self._sweep_retention()
-        elif payload == _CHECK:
+        elif payload == CHECK:
             self._check_alive()
-            self.wakeupAfter(CHECK_PERIOD, payload=_CHECK)
-        elif payload == _SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
+            self.wakeupAfter(CHECK_PERIOD, payload=CHECK)
+        elif payload == SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")
             self._finish_shutdown()
 
@@ -572,26 +413,3 @@ class SupervisorActor(SessionQueries, Actor):  # type: ignore[misc]
                 self.outbox.send({"t": "reply", "req": frame.get("req", 0), "status": status, "body": body})
 
     # -- shutdown -----------------------------------------------------------------
-    def _on_shutdown(self, sender: Any) -> None:
-        self.shutdown_waiter = sender
-        self.stopping = True
-        for entry in self.sessions.values():
-            if entry.address is not None:
-                self.send(entry.address, ActorExitRequest())
-        for address, _ in self.pool:
-            self.send(address, ActorExitRequest())
-        self.wakeupAfter(20.0, payload=_SHUTDOWN_TIMEOUT)
-        self._maybe_finish_shutdown()
-
-    def _maybe_finish_shutdown(self) -> None:
-        if self.shutdown_waiter is None:
-            return
-        if self.pool or any(e.address is not None for e in self.sessions.values()):
-            return
-        self._finish_shutdown()
-
-    def _finish_shutdown(self) -> None:
-        waiter, self.shutdown_waiter = self.shutdown_waiter, None
-        if self.outbox is not None:
-            self.outbox.close()
-        self.send(waiter, ShutdownDone(len(self.sessions)))
