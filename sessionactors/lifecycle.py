@@ -182,13 +182,31 @@ class SessionLifecycle:
         """
         for address, pid in list(self.pool):
             if pid is not None and not pid_alive(pid):
-                self._on_child_exited(address)
+                self._exited_unreported(address)
         for entry in list(self.sessions.values()):
             if entry.address is not None and entry.pid is not None and not pid_alive(entry.pid):
                 log.warning(
                     "supervisor: session %s's actor (pid %d) died unreported", entry.session_id, entry.pid
                 )
-                self._on_child_exited(entry.address)
+                self._exited_unreported(entry.address)
+
+    def _exited_unreported(self, address: Any) -> None:
+        """A child found dead by its pid: tell Thespian too, then handle it as an exit.
+
+        Thespian's own list of our children still holds it, and an actor asked to exit
+        waits for that list to empty: the admin's shutdown then hung until its 15 s timeout
+        (seen after the soak). ``_handleChildExited`` is what a ``ChildActorExited`` runs in
+        Thespian 4.0.1; it ignores an address it no longer knows, so a late real
+        notification stays harmless.
+        """
+        manager = getattr(self, "_myRef", None)
+        forget = getattr(manager, "_handleChildExited", None)
+        if forget is not None:
+            try:
+                forget(address)
+            except Exception:  # Thespian internals: never let them take the supervisor down
+                log.exception("supervisor: Thespian did not take the unreported exit")
+        self._on_child_exited(address)
 
     def _restart(self, entry: Entry) -> None:
         assert self.cfg is not None and self.store is not None

@@ -210,7 +210,7 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
         if entry.state == "live" and entry.pid is not None and not pid_alive(entry.pid):
             # Dead, and Thespian has not told us yet: what we sent it now would be lost.
             entry.buffered.append(msg)
-            self._on_child_exited(entry.address)
+            self._exited_unreported(entry.address)
         elif entry.state == "live":
             self.send(entry.address, msg)
         elif entry.state == "passivating":
