@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any
 
 import psutil
 
-from sessionactors.daemon import group_members
-
 from .sioclient import SioConn, new_http_session
+from .targets import OursTarget
 
 
 def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
@@ -80,33 +78,27 @@ def main() -> None:
     parser.add_argument("--inits", type=int, default=64, help="new INITs, and the pool size")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
-    from tests.daemon_harness import DaemonProcess, wait_for  # the tests' real-daemon fixture
-
-    daemon = DaemonProcess(
-        Path(tempfile.mkdtemp(prefix="sa-pool-burst-")) / "data",
-        runtime="echo",
-        pool_size=args.inits,
-        log_level="warning",
-        rate_limit=1e9,
-        rate_burst=1_000_000,
-    )
-    daemon.start()
+    settings = {"runtime": "echo", "pool_size": args.inits, "log_level": "warning"}
+    settings.update(rate_limit=1e9, rate_burst=1_000_000)
+    ours = OursTarget(Path(tempfile.mkdtemp(prefix="sa-pool-burst-")), settings)
+    ours.start()
     try:
-        pgid = int((daemon.state() or {})["actor_pgid"])
         # admin, logger, supervisor and the pool: wait for every pooled process to be up
-        wait_for(lambda: len(group_members(pgid)) >= args.inits + 3, 120, "the pool")
+        deadline = time.monotonic() + 120
+        while len(ours.actor_pids()) < args.inits + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
         time.sleep(2.0)  # a benchmark's settling time: the new processes finish starting
-        pids = group_members(pgid) + [p.pid for p in psutil.Process(daemon.proc.pid).children()]
-        res = asyncio.run(_burst(daemon.url, args.inits, args.concurrency, pids))
+        pids = [pid for group in ours.processes().values() for pid in group]
+        res = asyncio.run(_burst(ours.url, args.inits, args.concurrency, pids))
     finally:
-        daemon.stop()
+        stopped = ours.stop()
     busiest = sorted(res["cpu_s"].items(), key=lambda kv: -kv[1])[:3]
     print(
         f"{res['ok']}/{args.inits} INITs against a pool of {args.inits}, {args.concurrency} in flight: "
         f"{res['rate']:.1f}/s, p50 {res['p50_ms']:.1f} ms, max {res['max_ms']:.1f} ms; "
         f"CPU {sum(res['cpu_s'].values()):.2f} s in {res['elapsed_s']:.2f} s "
-        f"(busiest: {', '.join(f'pid {p} {c:.2f} s' for p, c in busiest)})"
+        f"(busiest: {', '.join(f'pid {p} {c:.2f} s' for p, c in busiest)}); "
+        f"stopped in {stopped.get('stop_s')} s, leftovers {stopped.get('leftovers')}"
     )
 
 

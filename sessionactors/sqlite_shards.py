@@ -18,7 +18,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,27 +183,45 @@ def transaction(db: sqlite3.Connection, path: Path, doing: str) -> Iterator[sqli
         raise
 
 
-class Shard:
-    """One event-log file: its connection in this process, opened on first use and
-    reopened after an accidental fork (the inherited one is kept, never closed)."""
+class ProcessConnection:
+    """One SQLite connection per process: opened on first use, and opened again after an
+    accidental fork (the inherited one is kept referenced but never used or closed: closing
+    it would release the parent's locks; see sqlite_store's module doc)."""
 
-    def __init__(self, path: Path, fsync: str) -> None:
-        self.path = path
-        self.fsync = fsync
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        self._opener = opener
         self._db: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._abandoned: list[sqlite3.Connection] = []
 
-    def conn(self) -> sqlite3.Connection:
-        """This process's connection to the shard."""
+    def get(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             if self._db is not None:
                 self._abandoned.append(self._db)
             self._pid = os.getpid()
             self._db = None
         if self._db is None:
-            self._db = self._open()
+            self._db = self._opener()
         return self._db
+
+    def close(self) -> None:
+        """Close this process's connection (never one inherited across a fork)."""
+        db, self._db = self._db, None
+        if db is not None and self._pid == os.getpid():
+            db.close()
+
+
+class Shard:
+    """One event-log file and this process's connection to it."""
+
+    def __init__(self, path: Path, fsync: str) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._conn = ProcessConnection(self._open)
+
+    def conn(self) -> sqlite3.Connection:
+        """This process's connection to the shard."""
+        return self._conn.get()
 
     def _open(self) -> sqlite3.Connection:
         create_file(self.path)
@@ -243,6 +261,4 @@ class Shard:
 
     def close(self) -> None:
         """Close this process's connection (never one inherited across a fork)."""
-        db, self._db = self._db, None
-        if db is not None and self._pid == os.getpid():
-            db.close()
+        self._conn.close()

@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,17 +128,14 @@ class SQLiteStore(Store):
         self.shards = shards
         """The number of event shards: the recorded one once the main file is open."""
         self._shards: dict[int, Shard] = {}
-        self._db: sqlite3.Connection | None = None
-        self._pid = os.getpid()
+        self._main = shards_mod.ProcessConnection(self._open)
         self._closed = False
-        # Connections inherited across a fork: kept referenced, never closed (see module doc).
-        self._abandoned: list[sqlite3.Connection] = []
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.path}: {exc}") from exc
         shards_mod.create_file(self.path)
-        self._db = self._open()
+        self._main.get()  # open now: a foreign or corrupt file fails here, not on first use
 
     # -- connection --------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -236,14 +232,7 @@ class SQLiteStore(Store):
         """The main connection of this process, reopened after an accidental fork."""
         if self._closed:
             raise StoreError(f"the store at {self.path} is closed")
-        if self._pid != os.getpid():
-            if self._db is not None:
-                self._abandoned.append(self._db)
-            self._pid = os.getpid()
-            self._db = None
-        if self._db is None:
-            self._db = self._open()
-        return self._db
+        return self._main.get()
 
     def _shard_at(self, k: int) -> Shard:
         shard = self._shards.get(k)
@@ -399,8 +388,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         """Close this process's connections; later calls raise StoreError. Idempotent."""
-        db, self._db, self._closed = self._db, None, True
+        self._closed = True
         for shard in self._shards.values():
             shard.close()
-        if db is not None and self._pid == os.getpid():
-            db.close()
+        self._main.close()

@@ -36,7 +36,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,15 @@ def our_leaked_dirs(before: set[str], tags: Iterable[str]) -> list[str]:
             leaked.append(path)
             shutil.rmtree(path, ignore_errors=True)
     return leaked
+
+
+def drive(daemon: Any, figures: dict[str, Any], name: str, main: Callable[[], Awaitable[None]]) -> None:
+    """Run the async ``main`` against ``daemon``, then stop the daemon and print the figures."""
+    try:
+        asyncio.run(main())
+    finally:
+        stop(daemon, figures)
+        report(name, figures)
 
 
 def soak(daemon: Any, plan: SoakPlan, name: str) -> dict[str, Any]:
@@ -273,11 +282,7 @@ def test_killed_session_actors_are_all_restarted(daemon_factory: Any) -> None:
         finally:
             await world.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        stop(daemon, figures, grace=5.0)
-        report("kill 20", figures)
+    drive(daemon, figures, "kill 20", run)
 
 
 @pytest.mark.timeout(120)
@@ -335,11 +340,7 @@ def test_messages_to_a_dead_session_actor_are_not_lost(daemon_factory: Any) -> N
                 os.kill(supervisor, signal.SIGCONT)
             await world.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        stop(daemon, figures)
-        report("dead letters", figures)
+    drive(daemon, figures, "dead letters", run)
 
 
 @pytest.mark.timeout(120)
@@ -397,11 +398,7 @@ def test_init_right_after_a_gateway_restart_is_not_refused(daemon_factory: Any) 
                 os.kill(supervisor, signal.SIGCONT)
             await world.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        stop(daemon, figures)
-        report("INIT after a gateway restart", figures)
+    drive(daemon, figures, "INIT after a gateway restart", run)
 
 
 def _unread_bytes(pid: int) -> int | None:
@@ -480,11 +477,7 @@ def test_actions_arriving_with_the_restart_positions_are_not_held(daemon_factory
                 os.kill(pid, signal.SIGCONT)
             await world.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        stop(daemon, figures)
-        report("held in link", figures)
+    drive(daemon, figures, "held in link", run)
 
 
 @pytest.mark.timeout(120)
@@ -561,8 +554,4 @@ def test_supervisor_relinks_after_the_gateway_dies_mid_reply(daemon_factory: Any
                 os.kill(supervisor, signal.SIGCONT)
             await world.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        stop(daemon, figures)
-        report("supervisor relink", figures)
+    drive(daemon, figures, "supervisor relink", run)

@@ -154,6 +154,23 @@ def _sha(path: Path) -> str:
 # -- events -----------------------------------------------------------------------
 
 
+def run_concurrent_writers(spawn: Any, data: Path, prefix: str, writers: int, count: int) -> None:
+    """``writers`` processes append ``count`` events each to session ``<prefix><n>``,
+    released together once all are ready; each must finish cleanly."""
+    procs = [spawn(CONCURRENT_WRITER, str(data), f"{prefix}{n}", str(count)) for n in range(writers)]
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        assert Pipe(proc).readline(deadline) == "ready"
+    for proc in procs:  # release them together
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, err = proc.communicate(timeout=max(deadline + 60 - time.monotonic(), 1))
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().split() == ["done"] and err == b""
+
+
 def test_round_trip_preserves_exact_json(store: SQLiteStore) -> None:
     events = [
         {"id": 0, "timestamp": "2026-11-29T10:00:00.123456+00:00", "source": "user", "message": "hé ☃ 🙂"},
@@ -389,18 +406,7 @@ def test_sigkilled_writer_loses_no_acknowledged_event(tmp_path: Path, spawn, fsy
 def test_concurrent_writers_in_separate_processes(tmp_path: Path, spawn) -> None:
     data, writers, count = tmp_path / "data", 8, 200
     # No store exists yet: the writers also race to create and migrate the file.
-    procs = [spawn(CONCURRENT_WRITER, str(data), f"w{n}", str(count)) for n in range(writers)]
-    deadline = time.monotonic() + 60
-    for proc in procs:
-        assert Pipe(proc).readline(deadline) == "ready"
-    for proc in procs:  # release them together
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        out, err = proc.communicate(timeout=max(deadline + 60 - time.monotonic(), 1))
-        assert proc.returncode == 0, err.decode()
-        assert out.decode().split() == ["done"] and err == b""
+    run_concurrent_writers(spawn, data, "w", writers, count)
     with closing(SQLiteStore(data)) as s:
         for n in range(writers):
             assert s.read(f"w{n}") == [make_event(i) for i in range(count)]
@@ -584,18 +590,7 @@ def test_reopening_with_another_shard_count_keeps_the_recorded_one(tmp_path: Pat
 def test_concurrent_writers_on_many_sessions_all_succeed(tmp_path: Path, spawn) -> None:
     data, writers, count = tmp_path / "data", 24, 40
     SQLiteStore(data).close()
-    procs = [spawn(CONCURRENT_WRITER, str(data), f"c{n}", str(count)) for n in range(writers)]
-    deadline = time.monotonic() + 60
-    for proc in procs:
-        assert Pipe(proc).readline(deadline) == "ready"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        out, err = proc.communicate(timeout=max(deadline + 60 - time.monotonic(), 1))
-        assert proc.returncode == 0, err.decode()
-        assert out.decode().split() == ["done"] and err == b""
+    run_concurrent_writers(spawn, data, "c", writers, count)
     with closing(SQLiteStore(data)) as s:
         assert len({s._shard(f"c{n}").path for n in range(writers)}) > 1
         for n in range(writers):
