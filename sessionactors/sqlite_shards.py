@@ -83,7 +83,7 @@ def enable_wal(db: sqlite3.Connection, path: Path) -> None:
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
                 return
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorname", "SQLITE_BUSY") != "SQLITE_BUSY":
+            if not is_busy(exc):
                 raise
         if time.monotonic() > deadline:
             raise StoreError(f"cannot switch {path} to WAL mode: it stays locked")
@@ -133,9 +133,22 @@ def wrap(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
     return StoreError(f"store {path} failed {doing}: {exc}")
 
 
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is SQLITE_BUSY or one of its extended codes.
+
+    The extended ones (SQLITE_BUSY_RECOVERY while another connection rebuilds the WAL
+    index, SQLITE_BUSY_SNAPSHOT, SQLITE_BUSY_TIMEOUT) say "database is locked" too and
+    are as transient: CI once failed a writer on one that an equality test let through.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # Python < 3.11 has no error codes: go by SQLite's message
+        return "locked" in str(exc) or "busy" in str(exc)
+    return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+
+
 def begin_immediate(db: sqlite3.Connection, wait: float = BUSY_WAIT) -> None:
     """Take the write lock: poll every 0.2-2 ms for up to ``POLL_FOR``, then wait in
-    SQLite's own busy handler.
+    SQLite's own busy handler, for ``wait`` seconds in all.
 
     That handler sleeps 1, 2, 5, 10, 15, 20, 25 ... 100 ms between tries: in a burst of
     activations or passivations, dozens of session actors slept through most of the time
@@ -143,9 +156,11 @@ def begin_immediate(db: sqlite3.Connection, wait: float = BUSY_WAIT) -> None:
     from 62-75/s to 186-190/s with the polls). Under sustained overload (hundreds of
     writers, more commits than the disk can fsync) polling only burns CPU, so a writer
     that has not got the lock after ``POLL_FOR`` falls back to the handler's long sleeps.
+    SQLite answers some busy states without calling the handler at all (a WAL index
+    being recovered), so that phase retries too until ``wait`` is spent.
     """
-    db.execute("PRAGMA busy_timeout = 0")
     started = time.monotonic()
+    db.execute("PRAGMA busy_timeout = 0")
     pause = 0.0002
     try:
         while True:
@@ -153,7 +168,7 @@ def begin_immediate(db: sqlite3.Connection, wait: float = BUSY_WAIT) -> None:
                 db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "SQLITE_BUSY") != "SQLITE_BUSY":
+                if not is_busy(exc):
                     raise
             if time.monotonic() - started > POLL_FOR:
                 break
@@ -161,7 +176,14 @@ def begin_immediate(db: sqlite3.Connection, wait: float = BUSY_WAIT) -> None:
             pause = min(pause * 2, 0.002)
     finally:
         db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-    db.execute("BEGIN IMMEDIATE")
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() - started > wait:
+                raise
+        time.sleep(random.uniform(0.001, 0.01))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import pytest
 
 from sessionactors import sqlite_store
 from sessionactors.errors import EventIdConflict, SchemaMismatch, StoreCorrupt, StoreError
+from sessionactors.sqlite_shards import is_busy
 from sessionactors.sqlite_store import SQLiteStore
 from sessionactors.store import SessionRecord, open_store
 
@@ -698,3 +699,15 @@ def test_interrupted_v2_migration_resumes(tmp_path: Path, monkeypatch) -> None:
         for n in range(12):
             assert s.read(f"v2-{n}") == [make_event(i) for i in range(20 + n)]
     assert _tables(path) == {"meta", "sessions"}
+
+
+@pytest.mark.parametrize(
+    ("code", "busy"),
+    [(5, True), (261, True), (517, True), (773, True), (6, False), (1, False), (10, False)],
+    ids=["BUSY", "BUSY_RECOVERY", "BUSY_SNAPSHOT", "BUSY_TIMEOUT", "LOCKED", "ERROR", "IOERR"],
+)
+def test_every_busy_code_is_retried_and_nothing_else(code: int, busy: bool) -> None:
+    # CI once failed a writer on an extended busy code that an equality test let through.
+    exc = sqlite3.OperationalError("database is locked" if busy else "other")
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    assert is_busy(exc) is busy
