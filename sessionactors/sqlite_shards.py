@@ -33,6 +33,7 @@ SHARD_SCHEMA_VERSION = 3
 FSYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
 BUSY_WAIT = 10.0  # seconds a writer waits for another process's write lock
 POLL_FOR = 0.1  # seconds of quick polls for the write lock before SQLite's slow backoff
+SQLITE_BUSY = 5  # the primary code; typeshed lacks sqlite3.SQLITE_BUSY
 EVENTS_DDL = """CREATE TABLE events (
             session_id TEXT NOT NULL,
             id INTEGER NOT NULL,
@@ -143,7 +144,7 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None:  # Python < 3.11 has no error codes: go by SQLite's message
         return "locked" in str(exc) or "busy" in str(exc)
-    return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return bool(code & 0xFF == SQLITE_BUSY)
 
 
 def begin_immediate(db: sqlite3.Connection, wait: float = BUSY_WAIT) -> None:
