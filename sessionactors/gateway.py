@@ -288,9 +288,10 @@ class Gateway:
             del self.session_links[link.session_id]
 
     def _init_ok(self, conn: str, session_id: str, token_version: int, effective: int | None = None) -> None:
-        if not self._init_in_flight(conn) and self.conn_session.get(conn) == session_id:
-            # A session restarted before the supervisor heard that it had attached conn sends
-            # it again: answered already; its replay is deduplicated by conn_last.
+        if not self._init_in_flight(conn):
+            # Answered already: a session restarted before the supervisor heard that it had
+            # attached conn sends it again (its replay is deduplicated by conn_last), or the
+            # supervisor refused the INIT meanwhile (its tokens were revoked): no new token.
             return
         latest = self.pending_init.get(conn, (None, []))[0]
         if effective is not None:  # the session clamps a latest_event_id beyond its last id

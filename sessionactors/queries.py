@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
 from .messages import FileRequest, Query
-from .protocol import status_update
+from .protocol import error_frame, status_update
 from .registry import Entry
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class SessionQueries:
 
         def _entry(self, session_id: str) -> Entry | None: ...
         def _deliver(self, entry: Entry, msg: Any) -> None: ...
-        def _evict(self, entry: Entry, payloads: list[dict[str, Any]]) -> None: ...
+        def _evict(self, entry: Entry, payloads: list[dict[str, Any]], live: bool = False) -> None: ...
         def send(self, target: Any, msg: Any) -> None: ...
         def wakeupAfter(self, delay: float, payload: Any = None) -> None: ...
 
@@ -106,6 +106,8 @@ class SessionQueries:
             version = max(entry.token_version, record.token_version) + 1
             self.store.update_session(entry.session_id, token_version=version)
             entry.token_version = version
+            # Every attached connection joined with a token now refused: it is cut off too.
+            self._evict(entry, [error_frame("Invalid token", 401)], live=True)
             log.info("supervisor: session %s tokens revoked (version %d)", entry.session_id, version)
             return 200, {"session_id": entry.session_id, "token_version": version}
         if msg.op == "delete":

@@ -290,11 +290,16 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
         if session_id is not None:
             self._detach_from(conn, session_id)
 
-    def _evict(self, entry: Entry, payloads: list[dict[str, Any]]) -> None:
-        """Tell every connection of ``entry`` why, and detach them (a failed or deleted session)."""
+    def _evict(self, entry: Entry, payloads: list[dict[str, Any]], live: bool = False) -> None:
+        """Tell every connection of ``entry`` why, and detach them: a failed or deleted
+        session, or (``live``) one that stays up without them (its tokens were revoked),
+        which is told to detach them too and keeps what it buffered for others."""
+        cut = set(entry.conns)
         for conn in list(entry.conns):
-            self._answer(conn, payloads)
+            if live:
+                self._detach_from(conn, entry.session_id)
             if self.conn_session.get(conn) == entry.session_id:
+                self._answer(conn, payloads)
                 old = self.moving.pop(conn, None)
                 if old is not None:  # it was moving here: it stays where it was
                     self.conn_session[conn] = old
@@ -303,10 +308,15 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
                 if self.outbox is not None:
                     self.outbox.send({"t": "detach", "conn": conn})
             elif self.moving.get(conn) == entry.session_id:
-                del self.moving[conn]
+                del self.moving[conn]  # it is leaving for a session it may join: no error
+                if not live:
+                    self._answer(conn, payloads)
         entry.conns.clear()
         entry.attaching.clear()
-        entry.buffered.clear()
+        if live:
+            entry.buffered = [m for m in entry.buffered if getattr(m, "conn_id", None) not in cut]
+        else:
+            entry.buffered.clear()
 
     def _detach_from(self, conn: str, session_id: str) -> None:
         entry = self.sessions.get(session_id)

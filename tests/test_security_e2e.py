@@ -197,10 +197,16 @@ def test_revoke_refuses_older_tokens_on_init_and_rest(limited: DaemonProcess, cl
     base = f"/api/sessions/{sid}"
     assert d.http("GET", base, token=old)[0] == 200
 
+    others = Bystanders(clients, d.url)  # another session and an idle connection: untouched
     status, body = d.http("POST", base + "/revoke", token=old)
     assert status == 200 and set(body) == {"token"}, (status, body)
     new = body["token"]
     assert ver(new) == 1
+    # The connections that joined with the revoked token are cut off, each told so alone.
+    for c in (first, tab):
+        c.wait(lambda fs: INVALID_TOKEN in fs, what="the revoked connection's answer")
+        assert c.errors() == [INVALID_TOKEN], c.errors()
+    others.check()
     record = open_store(d.data_dir).get_session(sid)  # durable: survives a restart
     assert record is not None and record.token_version == 1
 
@@ -215,14 +221,21 @@ def test_revoke_refuses_older_tokens_on_init_and_rest(limited: DaemonProcess, cl
     answer = late.init(token=new, latest=-1)  # the new token keeps the caller's access
     assert answer["session_id"] == sid and ver(answer["token"]) == 1  # a refreshed token keeps ver 1
     assert [e["message"] for e in late.wait_events(1)] == ["before"]
-    assert d.http("GET", base, token=answer["token"])[1]["connections"] == 3
+    assert d.http("GET", base, token=answer["token"])[1]["connections"] == 1
     status, events = d.http("GET", base + "/events?start_id=0", token=new)
     assert status == 200 and [e["id"] for e in events] == [0]
 
-    # Connections attached before the revoke are not cut off (docs/security.md): they see new events.
+    # The cut-off connections get no new event, and their actions are refused until they
+    # join again (with the new token).
     late.send(msg("after"))
-    for c in (first, tab, late):
-        c.wait(lambda fs: any(f.get("message") == "after" for f in fs), what="the event after the revoke")
+    late.wait(lambda fs: any(f.get("message") == "after" for f in fs), what="the event after the revoke")
+    for c in (first, tab):
+        c.send(msg("refused"))
+        c.wait(lambda fs: NOT_ATTACHED in fs, what="the refused action's answer")
+        assert not any(f.get("message") in ("after", "refused") for f in c.snapshot())
+    assert first.init(token=new, latest=0)["session_id"] == sid
+    assert [e["message"] for e in first.wait_events(2)] == ["before", "after"]
+    others.check()
 
     status, body = d.http("POST", base + "/revoke", token=new)  # a second revoke: version 2
     assert status == 200 and ver(body["token"]) == 2
