@@ -80,6 +80,7 @@ class Config:
     github_allowlist: Path | None = None
     require_github: bool = False
     max_live_sessions_per_user: int = 20
+    max_live_sessions: int = 1000
     # Gateway
     cors_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 1_000_000
@@ -149,6 +150,7 @@ class Config:
             "max_field_bytes",
             "max_connections_per_session",
             "max_live_sessions_per_user",
+            "max_live_sessions",
             "rate_burst",
             "send_buffer",
         ):

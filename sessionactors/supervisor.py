@@ -65,6 +65,7 @@ log = logging.getLogger("sessionactors.supervisor")
 
 SUPERVISOR_NAME = "sessionactors-supervisor"
 _RECONNECT = "reconnect"
+AT_CAPACITY = "The server is at capacity; try again later"
 
 
 class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
@@ -220,10 +221,23 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
             self._activate(entry)
 
     # -- routing ------------------------------------------------------------------
+    def _at_capacity(self) -> bool:
+        """Whether one more live session would pass ``max_live_sessions`` (each is a process
+        and a runtime: anonymous INITs must not be able to exhaust the machine)."""
+        assert self.cfg is not None
+        cap = self.cfg.max_live_sessions
+        if len(self.sessions) < cap:  # the common case, without counting
+            return False
+        live = sum(1 for e in self.sessions.values() if e.state in ("live", "passivating"))
+        return live + len(self.creating) >= cap
+
     def _on_init(self, msg: Init) -> None:
         assert self.cfg is not None and self.store is not None
         conn = msg.conn_id
         if msg.session_id is None:
+            if self._at_capacity():
+                self._answer(conn, [error_frame(AT_CAPACITY, 503)])
+                return
             if msg.user_id is not None:
                 live = sum(
                     1
@@ -263,6 +277,9 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
                 return
             if conn not in entry.conns and len(entry.conns) >= self.cfg.max_connections_per_session:
                 self._answer(conn, [error_frame("Too many connections to this session", 429)])
+                return
+            if entry.state in ("passivated", "failed") and self._at_capacity():
+                self._answer(conn, [error_frame(AT_CAPACITY, 503)])
                 return
         self._move_conn(conn, entry.session_id)
         entry.conns[conn] = None

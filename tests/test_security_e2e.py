@@ -317,6 +317,43 @@ def test_live_sessions_per_user_limit(gh: DaemonProcess, clients: Any) -> None:
     assert created["session_id"] not in (ok1["session_id"], ok2["session_id"])
 
 
+AT_CAPACITY = {"error": "The server is at capacity; try again later", "error_code": 503}
+
+
+def test_live_sessions_server_wide_limit(tmp_path: Path, clients: Any) -> None:
+    # Anonymous INITs (no GitHub user, so no per-user cap) must not exhaust the machine.
+    with running(tmp_path / "data", max_live_sessions=2, close_delay=0.5, pool_size=1) as d:
+        one, two, three = clients(d.url), clients(d.url), clients(d.url)
+        ok1, ok2 = one.init(), two.init()
+        assert ok1["status"] == ok2["status"] == "ok"
+        assert three.init() == AT_CAPACITY
+        assert one.errors() == two.errors() == []  # answered to the sender alone
+        three.send(msg("not attached"))
+        three.wait(lambda fs: fs[-1] == NOT_ATTACHED, what="unattached after the 503")
+        # Joining a live session adds no live session: allowed at capacity.
+        assert three.init(token=ok1["token"])["session_id"] == ok1["session_id"]
+        one.send(msg("still served"))
+        for c in (one, three):
+            c.wait(lambda fs: any(f.get("message") == "still served" for f in fs), what="the event")
+        # Once a session passivates there is room again; rehydrating one counts like creating.
+        two.close()
+        info2 = f"/api/sessions/{ok2['session_id']}"
+        wait_for(
+            lambda: d.http("GET", info2, token=ok2["token"])[1].get("state") == "passivated",
+            15,
+            "passivation",
+        )
+        four = clients(d.url)
+        assert four.init()["status"] == "ok"
+        assert clients(d.url).init(token=ok2["token"]) == AT_CAPACITY
+        four.close()
+        again = clients(d.url)
+        rehydrated = wait_for(
+            lambda: (a := again.init(token=ok2["token"])).get("status") == "ok" and a, 15, "room to rehydrate"
+        )
+        assert rehydrated["session_id"] == ok2["session_id"]
+
+
 def test_connections_per_session_limit(gh: DaemonProcess, clients: Any) -> None:
     one, two, three = clients(gh.url), clients(gh.url), clients(gh.url)
     ok = one.init(github_token=FRANK)
