@@ -47,8 +47,8 @@ from .messages import (
     Detach,
     FileRequest,
     Frame,
-    Passivated,
 )
+from .passivation import SessionTimers
 from .protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
 from .runtime import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
 from .store import Store, open_store
@@ -65,7 +65,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-class SessionActor(Actor):  # type: ignore[misc]
+class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
     """One live session: numbers, stores and fans out its events; drives its runtime."""
 
     def __init__(self) -> None:
@@ -142,19 +142,6 @@ class SessionActor(Actor):  # type: ignore[misc]
         except Exception:
             log.exception("session %s: failed handling %r", self.session_id, msg)
             self.send(self.supervisor, PoisonMessage(msg, traceback.format_exc()))
-
-    def _report_samples(self, force: bool = False) -> None:
-        """Send latency samples at most every 0.25 s (a wakeup flushes the stragglers)."""
-        if not (self.samples["append"] or self.samples["actions"]) or self.state == "pooled":
-            return
-        now = time.monotonic()
-        if force or now - self.samples_flushed >= 0.25:
-            self.outbox_send({"t": "metrics", **self.samples})
-            self.samples = {"append": [], "actions": [], "stored": 0}
-            self.samples_flushed = now
-        elif not self.samples_armed:
-            self.samples_armed = True
-            self.wakeupAfter(0.3, payload="metrics")
 
     def _watch(self) -> Any:
         fds: list[int] = []
@@ -422,68 +409,3 @@ class SessionActor(Actor):  # type: ignore[misc]
         for frame in frames:
             if frame.get("t") == "action":
                 self._on_action(frame["conn"], frame["action"])
-
-    def _on_wakeup(self, payload: Any) -> None:
-        if payload == "runtime":
-            self.armed_deadline = None
-            if self.runtime is not None and self.started:
-                self._handle_outputs(self.runtime.poll([]))
-        elif isinstance(payload, tuple) and payload[0] == "passivate":
-            if payload[1] != self.generation or self.conns or self.state != "live":
-                return  # stale: a connection attached since this timer was armed
-            assert self.runtime is not None
-            if self.runtime.busy or self.queue:
-                self.passivate_when_idle = True
-            else:
-                self._passivate()
-
-    def _arm_passivation(self) -> None:
-        assert self.cfg is not None
-        self.generation += 1
-        self.wakeupAfter(self.cfg.close_delay, payload=("passivate", self.generation))
-
-    def _arm_runtime_deadline(self) -> None:
-        if self.runtime is None or not self.started:
-            return
-        deadline = self.runtime.next_deadline()
-        if deadline is None:
-            return
-        if self.armed_deadline is not None and self.armed_deadline <= deadline + 0.001:
-            return
-        self.armed_deadline = deadline
-        self.wakeupAfter(max(0.0, deadline - time.monotonic()), payload="runtime")
-
-    # -- passivation and shutdown -------------------------------------------------
-    def _persist_and_stop(self) -> None:
-        assert self.store is not None and self.session_id is not None
-        runtime_state: dict[str, Any] = {}
-        if self.runtime is not None:
-            try:
-                if self.started:
-                    runtime_state = self.runtime.state()
-            finally:
-                self.runtime.stop()
-        fields: dict[str, Any] = {"state": "passivated", "last_active": time.time()}
-        if self.started:
-            fields["runtime_state"] = runtime_state
-        self.store.update_session(self.session_id, **fields)
-        self.started = False
-        self._report_samples(force=True)
-        if self.outbox is not None:
-            self.outbox.close()
-
-    def _passivate(self) -> None:
-        log.info("passivating (pid %d)", os.getpid(), extra={"session_id": self.session_id})
-        self._persist_and_stop()
-        self.state = "passivated"
-        self.send(self.supervisor, Passivated(self.session_id or "", self.incarnation))
-
-    def _shutdown(self) -> None:
-        if self.state == "live":
-            try:
-                self._persist_and_stop()
-            except Exception:
-                log.exception("session %s: error while shutting down", self.session_id)
-            self.state = "passivated"
-        if self.store is not None:
-            self.store.close()
