@@ -3,7 +3,9 @@
 ``TokenSigner`` issues the session token sent in the INIT answer and verifies the one
 a client presents to rejoin: an HS256 JWT naming the session, expiring, signed with a
 secret persisted under the data directory (``load_or_create_secrets``) so that tokens
-stay valid across restarts, with rotation (``rotate_secret``). ``GitHubVerifier`` turns
+stay valid across restarts, with rotation (``rotate_secret``); a signer made with
+``follow=data_dir`` re-reads the files within a second of a rotation (``secrets_file``),
+so a running daemon needs no restart. ``GitHubVerifier`` turns
 a GitHub token into a ``GitHubUser`` by asking ``GET /user`` of the GitHub REST API
 (standard library HTTP, cooperative under eventlet) and ``check_owner`` admits only the
 owner to a GitHub-bound session. Neither a token nor a secret ever appears in an
@@ -33,6 +35,7 @@ from typing import Any
 import jwt
 
 from .errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken, InvalidToken
+from .secrets_file import FileSecrets
 
 __all__ = ["TokenClaims", "TokenSigner", "load_or_create_secrets", "rotate_secret", "GitHubUser"]
 __all__ += ["GitHubVerifier", "HttpGet", "load_allowlist", "check_owner", "redact"]
@@ -77,7 +80,13 @@ class TokenClaims:
 
 
 class TokenSigner:
-    """Issues and verifies session tokens (JWT, HMAC). ``secrets[0]`` signs, all verify."""
+    """Issues and verifies session tokens (JWT, HMAC). ``secrets[0]`` signs, all verify.
+
+    ``follow``: a data dir whose ``secret.key`` (then ``secret.previous``) replace the
+    secrets when ``secret.key`` changes, checked before ``issue``/``verify`` at most once a
+    second (by ``now``; the first check re-reads). For file secrets only: a configured
+    ``token_secret`` is never followed. A failed re-read keeps the secrets held (logged).
+    """
 
     def __init__(
         self,
@@ -88,6 +97,7 @@ class TokenSigner:
         issuer: str = "sessionactors",
         leeway: float = 0,
         now: Callable[[], float] = time.time,
+        follow: Path | None = None,
     ) -> None:
         if not secrets or not all(isinstance(s, bytes) for s in secrets):
             raise ConfigError("token_secret", "at least one secret (bytes) is required")
@@ -102,6 +112,17 @@ class TokenSigner:
         self._secrets = list(secrets)
         self.ttl, self.algorithm, self.issuer, self.leeway = float(ttl), algorithm, issuer, float(leeway)
         self._now = now
+        self._files: FileSecrets | None = None
+        if follow is not None:
+            data_dir = Path(follow)
+            self._files = FileSecrets(data_dir / SECRET_FILE, lambda: _reread_secrets(data_dir), now=now)
+
+    def _current(self) -> list[bytes]:
+        """The secrets to use now; a rotation on disk swaps the whole list in one assignment."""
+        fresh = self._files() if self._files is not None else None
+        if fresh and all(isinstance(s, bytes) and len(s) >= MIN_SECRET_BYTES for s in fresh):
+            self._secrets = fresh
+        return self._secrets
 
     def issue(self, session_id: str, token_version: int = 0) -> str:
         """A new token for ``session_id``, valid ``ttl`` seconds from now."""
@@ -118,7 +139,7 @@ class TokenSigner:
             "ver": token_version,
             "jti": token_urlsafe(16),
         }
-        return jwt.encode(claims, self._secrets[0], algorithm=self.algorithm)
+        return jwt.encode(claims, self._current()[0], algorithm=self.algorithm)
 
     def verify(self, token: object) -> TokenClaims:
         """The claims of a token this daemon issued, or ``InvalidToken(reason)``."""
@@ -152,7 +173,7 @@ class TokenSigner:
         Time claims are checked by ``verify`` with the injectable clock, not by PyJWT.
         """
         options: Any = {"verify_exp": False, "verify_iat": False, "verify_nbf": False, "require": _CLAIMS}
-        for secret in self._secrets:
+        for secret in self._current():
             try:
                 return jwt.decode(
                     token, secret, algorithms=[self.algorithm], issuer=self.issuer, options=options
@@ -218,6 +239,20 @@ def _new_secret_text() -> str:
     return token_bytes(32).hex() + "\n"
 
 
+def _read_files(data_dir: Path, keep_previous: bool = True) -> list[bytes]:
+    """``secret.key``, then ``secret.previous`` if kept and present; the caller holds the lock."""
+    found = [_read_secret(data_dir / SECRET_FILE)]
+    if keep_previous and (data_dir / PREVIOUS_FILE).exists():
+        found.append(_read_secret(data_dir / PREVIOUS_FILE))
+    return found
+
+
+def _reread_secrets(data_dir: Path) -> list[bytes]:
+    """The secrets on disk now, for a following ``TokenSigner`` (never creates a file)."""
+    with _locked(data_dir):
+        return list(dict.fromkeys(_read_files(data_dir)))
+
+
 def load_or_create_secrets(
     data_dir: Path,
     configured: str | None = None,
@@ -238,14 +273,12 @@ def load_or_create_secrets(
             raise ConfigError("token_secret", f"must be at least {MIN_SECRET_BYTES} bytes")
         found = [configured.encode("utf-8")]
     else:
-        current, prev = data_dir / SECRET_FILE, data_dir / PREVIOUS_FILE
+        current = data_dir / SECRET_FILE
         with _locked(data_dir):
             if not current.exists():
                 _write_atomic(current, _new_secret_text())
                 log.info("created a new token secret in %s", current)
-            found = [_read_secret(current)]
-            if keep_previous and prev.exists():
-                found.append(_read_secret(prev))
+            found = _read_files(data_dir, keep_previous)
     found += [p.encode("utf-8") for p in previous or []]
     return list(dict.fromkeys(found))  # drop duplicates, keep order
 
@@ -253,8 +286,10 @@ def load_or_create_secrets(
 def rotate_secret(data_dir: Path) -> None:
     """Make a new signing secret; the current one becomes ``secret.previous`` (one kept).
 
-    Running daemons keep their loaded secrets until restarted. The previous file is written
-    first, so a crash in between never loses the secret that signed live tokens.
+    Signers made with ``follow=data_dir`` (the gateway's, unless ``token_secret`` is
+    configured) switch within a second; others keep their secrets until restarted. The
+    previous file is written first, so a crash in between never loses the secret that
+    signed live tokens.
     """
     data_dir = Path(data_dir)
     current, prev = data_dir / SECRET_FILE, data_dir / PREVIOUS_FILE

@@ -1,9 +1,10 @@
-"""The ``sessionactors`` command: serve, start, stop, status, sessions.
+"""The ``sessionactors`` command: serve, start, stop, status, sessions, rotate-secret.
 
 ``serve`` runs the daemon in the foreground; ``start`` runs the same as a
 detached process (pid and log under ``<data_dir>/run``) and returns once
 ``/api/health`` answers; ``stop`` ends it and waits; ``status`` and ``sessions``
-ask the running daemon (admin token) or, when none runs, read the store.
+ask the running daemon (admin token) or, when none runs, read the store;
+``rotate-secret`` replaces ``<data_dir>/secret.key`` (a running daemon follows it).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sessions, serving=False)
     sessions.add_argument("action", choices=["list", "show", "delete"])
     sessions.add_argument("session_id", nargs="?")
+    _common(sub.add_parser("rotate-secret", help="sign new session tokens with a new secret"), serving=False)
     return parser
 
 
@@ -251,6 +253,38 @@ def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
     return 0
 
 
+def _rotate_secret(cfg: Config) -> int:
+    """Rotate ``<data_dir>/secret.key``; refuse a configured secret or a data dir without one."""
+    from .auth import SECRET_FILE, rotate_secret
+
+    if cfg.token_secret is not None:
+        print(
+            "sessionactors: token_secret is configured (file or SESSIONACTORS_TOKEN_SECRET): "
+            "rotate it there and restart the daemon; secret.key is not used",
+            file=sys.stderr,
+        )
+        return 1
+    if not (cfg.data_dir / SECRET_FILE).is_file():
+        print(
+            f"sessionactors: no token secret in {cfg.data_dir} (the daemon creates {SECRET_FILE} "
+            "when it first starts): nothing to rotate",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        rotate_secret(cfg.data_dir)
+    except (OSError, UnicodeError) as exc:
+        reason = exc if isinstance(exc, OSError) else f"{SECRET_FILE} is not text"  # no secret bytes
+        print(f"sessionactors: cannot rotate the token secret in {cfg.data_dir}: {reason}", file=sys.stderr)
+        return 1
+    print(
+        f"rotated the token secret in {cfg.data_dir}: new tokens are signed with the new secret; "
+        "tokens signed with the previous one keep working until the next rotation "
+        "(a running daemon picks it up within a second)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -266,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stop(cfg)
         if args.command == "status":
             return _status(cfg)
+        if args.command == "rotate-secret":
+            return _rotate_secret(cfg)
         return _sessions_cmd(cfg, args.action, args.session_id)
     except SessionActorsError as exc:
         print(f"sessionactors: {exc}", file=sys.stderr)

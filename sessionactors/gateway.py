@@ -473,7 +473,7 @@ def build(cfg: Config) -> tuple[Gateway, Any]:
     from .rest import RestApp
 
     secrets = load_or_create_secrets(cfg.data_dir, cfg.token_secret)
-    signer = TokenSigner(secrets, ttl=cfg.token_ttl)
+    signer = TokenSigner(secrets, ttl=cfg.token_ttl, follow=None if cfg.token_secret else cfg.data_dir)
     allowlist = load_allowlist(cfg.github_allowlist) if cfg.github_allowlist else None
     verifier = GitHubVerifier(
         cfg.github_api_url, timeout=cfg.github_timeout, cache_ttl=cfg.github_cache_ttl, allowlist=allowlist
