@@ -17,20 +17,18 @@ eventlet.monkey_patch()
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import socketio  # noqa: E402
-from engineio import packet as eio_packet  # noqa: E402
 from engineio import payload as eio_payload  # noqa: E402
 from eventlet.event import Event as GreenEvent  # noqa: E402
-from socketio import packet as sio_packet  # noqa: E402
 
 from .auth import GitHubVerifier, TokenSigner, load_allowlist, load_or_create_secrets  # noqa: E402
-from .bridge import FrameReader, encode  # noqa: E402
 from .config import Config  # noqa: E402
 from .errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from .fanout import Fanout  # noqa: E402
+from .links import ActorLink, LinkServer  # noqa: E402
 from .logs import setup_logging  # noqa: E402
 from .metrics import GatewayMetrics  # noqa: E402
 from .protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
@@ -38,24 +36,6 @@ from .protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noq
 __all__ = ["Gateway", "ActorLink", "main"]
 
 log = logging.getLogger("sessionactors.gateway")
-
-
-class ActorLink:
-    """The gateway's end of one actor's bridge connection (the supervisor or a session)."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-        self.role = "?"
-        self.session_id: str | None = None
-        self._lock = eventlet.semaphore.Semaphore()
-
-    def send(self, frame: dict[str, Any]) -> bool:
-        try:
-            with self._lock:
-                self.sock.sendall(encode(frame))
-            return True
-        except OSError:
-            return False
 
 
 class _Bucket:
@@ -75,7 +55,7 @@ class _Bucket:
         return True
 
 
-class Gateway:
+class Gateway(Fanout, LinkServer):
     """python-socketio server plus the routes between connections and actor links."""
 
     def __init__(self, cfg: Config, signer: TokenSigner, verifier: GitHubVerifier | None) -> None:
@@ -332,21 +312,6 @@ class Gateway:
                 self.metrics.inits.labels(f"error_{payload.get('error_code')}").inc()
                 self._flush_held(conn)
 
-    def _let_writers_run(self, conns: list[str]) -> None:
-        """Yield once when a target's queue is over ``send_buffer``, before judging it slow.
-
-        Frames come from the actors in bursts (a replay page is one bridge frame) and this
-        loop queues them without yielding, so a websocket writer that would drain its queue at
-        once has had no chance to run yet. Called between payloads, where no route is half
-        updated; a client still over the limit after that is really not reading.
-        """
-        for conn in conns:
-            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
-            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-            if sock is not None and sock.queue.qsize() > self.cfg.send_buffer:
-                eventlet.sleep(0)
-                return
-
     def _init_in_flight(self, conn: str) -> bool:
         pending = self.pending_init.get(conn)
         return pending is not None and pending[0] is not None
@@ -367,39 +332,6 @@ class Gateway:
                 self._route_action(conn, item)
         if self.pending_init.get(conn, (None, None))[1] is held:
             del self.pending_init[conn]
-
-    def _emit_many(self, conns: list[str], payload: dict[str, Any]) -> None:
-        """Encode once, queue to every connection; drop a connection whose queue is full."""
-        pkt = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=["oh_event", payload])
-        encoded = pkt.encode()
-        eio_pkts = [
-            eio_packet.Packet(eio_packet.MESSAGE, p)
-            for p in (encoded if isinstance(encoded, list) else [encoded])
-        ]
-        stored = isinstance(payload.get("id"), int)
-        for conn in conns:
-            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
-            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-            if sock is None:
-                continue
-            if sock.queue.qsize() > self.cfg.send_buffer:
-                self._drop_slow(conn)
-                continue
-            for p in eio_pkts:
-                self.sio.eio.send_packet(eio_sid, p)
-            self.counters["events_sent"] += 1
-            if stored:
-                self.metrics.frames_sent.inc()
-
-    def _emit_one(self, conn: str, payload: dict[str, Any]) -> None:
-        self._emit_many([conn], payload)
-
-    def _drop_slow(self, conn: str) -> None:
-        log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
-        self.counters["slow_disconnects"] += 1
-        self.metrics.slow.inc()
-        self.buckets.pop(conn, None)  # no more frames for it
-        eventlet.spawn_n(self.sio.disconnect, conn)
 
     def _error(self, conn: str, message: str, code: int) -> None:
         self.last_error_code = code
@@ -424,40 +356,6 @@ class Gateway:
             return 503, {"error": "supervisor did not answer"}
         status, body = result
         return status, body
-
-    # -- the bridge listener ---------------------------------------------------------------
-    def serve_bridge(self, path: str) -> Any:
-        """Listen for actor links on a Unix socket only this user can open."""
-        if os.path.exists(path):
-            os.unlink(path)
-        # Every live session re-links at once after a restart of this process: a short
-        # backlog refuses some of them (EAGAIN), and with them the INIT answers they carry.
-        listener = eventlet.listen(path, family=socket.AF_UNIX, backlog=4096)
-        os.chmod(path, 0o600)
-        return eventlet.spawn(self._accept_links, listener)
-
-    def _accept_links(self, listener: Any) -> None:
-        while True:
-            sock, _ = listener.accept()
-            eventlet.spawn_n(self._read_link, ActorLink(sock))
-
-    def _read_link(self, link: ActorLink) -> None:
-        reader = FrameReader()
-        try:
-            while True:
-                data = link.sock.recv(1 << 16)
-                if not data:
-                    break
-                for frame in reader.feed(data):
-                    try:
-                        self.on_actor_frame(link, frame)
-                    except Exception:
-                        log.exception("gateway: bad frame from %s link", link.role)
-        except OSError:
-            pass
-        finally:
-            self.on_link_closed(link)
-            link.sock.close()
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -1,0 +1,83 @@
+"""How the gateway queues frames to connections: each payload encoded once, queued to every
+target's Engine.IO socket, and a connection that falls ``send_buffer`` frames behind
+dropped (see docs/protocol.md, *Slow clients*), so that a stuck tab never slows its session
+or the other tabs. ``Fanout`` is a mixin of ``Gateway``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import eventlet
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+if TYPE_CHECKING:
+    import socketio
+
+    from .config import Config
+    from .metrics import GatewayMetrics
+
+__all__ = ["Fanout"]
+
+log = logging.getLogger("sessionactors.gateway")
+
+
+class Fanout:
+    """Queues ``oh_event`` frames to connections, with per-connection back-pressure."""
+
+    if TYPE_CHECKING:
+        cfg: Config
+        sio: socketio.Server
+        buckets: dict[str, Any]
+        counters: dict[str, int]
+        metrics: GatewayMetrics
+
+    def _let_writers_run(self, conns: list[str]) -> None:
+        """Yield once when a target's queue is over ``send_buffer``, before judging it slow.
+
+        Frames come from the actors in bursts (a replay page is one bridge frame) and this
+        loop queues them without yielding, so a websocket writer that would drain its queue at
+        once has had no chance to run yet. Called between payloads, where no route is half
+        updated; a client still over the limit after that is really not reading.
+        """
+        for conn in conns:
+            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+            if sock is not None and sock.queue.qsize() > self.cfg.send_buffer:
+                eventlet.sleep(0)
+                return
+
+    def _emit_many(self, conns: list[str], payload: dict[str, Any]) -> None:
+        """Encode once, queue to every connection; drop a connection whose queue is full."""
+        pkt = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=["oh_event", payload])
+        encoded = pkt.encode()
+        eio_pkts = [
+            eio_packet.Packet(eio_packet.MESSAGE, p)
+            for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        stored = isinstance(payload.get("id"), int)
+        for conn in conns:
+            eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+            if sock is None:
+                continue
+            if sock.queue.qsize() > self.cfg.send_buffer:
+                self._drop_slow(conn)
+                continue
+            for p in eio_pkts:
+                self.sio.eio.send_packet(eio_sid, p)
+            self.counters["events_sent"] += 1
+            if stored:
+                self.metrics.frames_sent.inc()
+
+    def _emit_one(self, conn: str, payload: dict[str, Any]) -> None:
+        self._emit_many([conn], payload)
+
+    def _drop_slow(self, conn: str) -> None:
+        log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
+        self.counters["slow_disconnects"] += 1
+        self.metrics.slow.inc()
+        self.buckets.pop(conn, None)  # no more frames for it
+        eventlet.spawn_n(self.sio.disconnect, conn)
