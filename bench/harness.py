@@ -174,11 +174,17 @@ class Run:
         after = target.cpu()
         server = {role: round(100 * (after.get(role, 0) - before.get(role, 0)) / wall, 1) for role in after}
         load_wall = result.get("wall_s") or wall
-        self.cpu.setdefault(scenario, {})[target.name] = {
+        info = self.cpu.setdefault(scenario, {})[target.name] = {
             "server_cpu_pct": server,
             "load_cpu_pct": round(100 * result.get("cpu_s", 0.0) / load_wall, 1),
             "load_procs": 1 if one else self.pool.n,
         }
+        if result.get("inits"):  # a burst of INITs: what one costs each process, in CPU ms
+            n = result["inits"]
+            info["server_ms_per_init"] = {
+                role: round(1000 * (after.get(role, 0) - before.get(role, 0)) / n, 1) for role in after
+            }
+            info["load_ms_per_init"] = round(1000 * result.get("cpu_s", 0.0) / n, 1)
         return result
 
     def shards(self, total: int, **params: Any) -> list[dict[str, Any] | None]:
@@ -429,7 +435,10 @@ class Run:
     def activations(self) -> None:
         plan = self.plan
         for target in self.targets.values():
-            opened = self.open_sessions(target, plan.activations)
+            params = self.shards(
+                plan.activations, url=target.url, tabs=1, concurrency=plan.init_concurrency
+            )  # measured: where the CPU of a burst goes, per process role
+            opened = self.measured("activations (new)", target, "open_sessions", params)
             rate = opened["inits"] / opened["init_elapsed"] if opened.get("init_elapsed") else None
             self.put("act_new_s", target.name, rate)
             self.put("act_new_p50_ms", target.name, pct(opened.get("init_ms", []), 50))
@@ -446,9 +455,9 @@ class Run:
             if done < len(sessions):
                 self.errors.append(f"ours: only {done}/{len(sessions)} sessions passivated in time")
             tokens = [tok for _, tok in sessions]
-            again = _merge(self.pool.call("open_sessions", [
+            again = self.measured("activations (rehydrating)", target, "open_sessions", [
                 {"url": target.url, "tokens": tokens[i::self.pool.n], "concurrency": plan.init_concurrency}
-                for i in range(self.pool.n)]))  # fmt: skip
+                for i in range(self.pool.n)])  # fmt: skip
             rate = again["inits"] / again["init_elapsed"] if again.get("init_elapsed") else None
             self.put("act_rehydrate_s", target.name, rate)
             self.put("act_rehydrate_p50_ms", target.name, pct(again.get("init_ms", []), 50))

@@ -193,6 +193,10 @@ def render(result: dict[str, Any]) -> str:
         for step, per_target in cpu.items():
             for target, info in per_target.items():
                 server = ", ".join(f"{k} {v}" for k, v in info.get("server_cpu_pct", {}).items()) or "-"
+                per_init = info.get("server_ms_per_init")
+                if per_init:  # processes that exited during the step (passivated actors) are missing
+                    costs = ", ".join(f"{k} {v}" for k, v in per_init.items())
+                    server += f"; CPU ms per INIT: {costs}, load {info.get('load_ms_per_init')}"
                 lines.append(
                     f"| {step} | {target} | {info.get('load_cpu_pct')} ({info.get('load_procs')} proc) | {server} |"
                 )

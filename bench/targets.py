@@ -311,10 +311,12 @@ class OursTarget(Target):
         if self.proc is None:
             return {}
         gateway = self.gateway_pid()
+        supervisor = self.supervisor_pid()
         return {
             "daemon": [self.proc.pid],
             "gateway": [gateway] if gateway else [],
-            "actors": self.actor_pids(),
+            "supervisor": [supervisor] if supervisor else [],
+            "actors": [p for p in self.actor_pids() if p != supervisor],  # sessions, pool, admin, logger
         }
 
     def admin_sessions(self) -> list[dict[str, Any]]:
