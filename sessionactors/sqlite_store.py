@@ -20,6 +20,11 @@ Layout of ``<data_dir>/sessionactors.db`` (the main file):
 * ``sessions``: one row per ``SessionRecord``; ``args`` and ``runtime_state``
   are JSON text.
 
+Writers of one file take turns in the kernel first: ``flock`` on ``<file>.lock``
+(``sqlite_shards.writer_turn``), then ``BEGIN IMMEDIATE``. SQLite's lock has no
+queue (a writer that finds it taken sleeps up to 100 ms and tries again), so under
+load some writers starved; a blocked ``flock`` wakes as soon as the lock is free.
+
 and of ``<data_dir>/events/shard-<k>.db`` (``sessionactors.sqlite_shards``):
 
 * ``meta``: ``app`` and ``schema_version``, as in the main file.
