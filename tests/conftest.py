@@ -13,13 +13,13 @@ import os
 
 os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .daemon_harness import DaemonProcess, free_port
+from .daemon_harness import Client, DaemonProcess, free_port
 
 __all__ = ["free_port"]
 
@@ -75,3 +75,21 @@ def no_process_left_behind(tmp_path_factory: Any) -> Iterator[None]:
         except OSError:
             pass
     assert not leftovers, f"processes left behind by the test run: {leftovers}"
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    """``clients(url, transports=None)`` makes a recording client, closed at teardown."""
+    made: list[Client] = []
+
+    def make(url: str, transports: list[str] | None = None) -> Client:
+        client = Client(url, transports)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        try:
+            client.close()
+        except Exception:
+            pass

@@ -12,7 +12,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,18 @@ class DaemonProcess:
             except OSError:
                 pass
         return left
+
+
+@contextmanager
+def running(data_dir: Path, **options: Any) -> Iterator[DaemonProcess]:
+    """A daemon for the ``with`` block; afterwards no process of it may be left."""
+    daemon = DaemonProcess(data_dir, **options)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        left = daemon.stop()
+    assert not left, f"processes left behind: {left}"
 
 
 class Client:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .daemon_harness import DaemonProcess
+from .daemon_harness import DaemonProcess, running
 
 JS_DIR = Path(__file__).parent / "js"
 NODE = shutil.which("node")
@@ -31,13 +31,8 @@ pytestmark = [
 def js_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     if not (JS_DIR / "node_modules" / "socket.io-client").is_dir():
         pytest.fail("socket.io-client is not installed: run `npm install` in tests/js (tests/run.sh does)")
-    daemon = DaemonProcess(tmp_path_factory.mktemp("js") / "data", close_delay=0.5)
-    try:
-        daemon.start()
+    with running(tmp_path_factory.mktemp("js") / "data", close_delay=0.5) as daemon:
         yield daemon
-    finally:
-        left = daemon.stop()
-    assert not left, f"processes left behind: {left}"
 
 
 def scenario(daemon: DaemonProcess, name: str, timeout: float = 40) -> Any:

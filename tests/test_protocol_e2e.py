@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import websocket
 
 from sessionactors.auth import TokenSigner, load_or_create_secrets
 
-from .daemon_harness import Client, DaemonProcess, wait_for
+from .daemon_harness import Client, DaemonProcess, running, wait_for
 from .github_standin import SLOW_USER, TOKEN_500, TOKEN_SLOW, StandIn, start_standin
 
 FIELD = 1000  # max_field_bytes of the shared daemon
@@ -54,18 +53,6 @@ def init(**fields: Any) -> dict[str, Any]:
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def running(data_dir: Path, **options: Any) -> Iterator[DaemonProcess]:
-    """A daemon for the ``with`` block; afterwards no process of it may be left."""
-    daemon = DaemonProcess(data_dir, **options)
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        left = daemon.stop()
-    assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -99,24 +86,6 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     data = tmp_path_factory.mktemp("tight") / "data"
     with running(data, close_delay=5.0, send_buffer=20, fsync="normal", **FAST) as daemon:
         yield daemon
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    """``clients(url, transports=None)`` makes a recording client, closed at teardown."""
-    made: list[Client] = []
-
-    def make(url: str, transports: list[str] | None = None) -> Client:
-        client = Client(url, transports)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
 
 
 class Bystanders:

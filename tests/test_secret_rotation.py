@@ -28,7 +28,7 @@ from sessionactors.auth import SECRET_FILE, TokenSigner, load_or_create_secrets,
 from sessionactors.errors import InvalidToken
 from sessionactors.secrets_file import FileSecrets
 
-from .daemon_harness import Client, DaemonProcess, wait_for
+from .daemon_harness import Client, DaemonProcess, running, wait_for
 
 T0 = 1_700_000_000.0
 INVALID_TOKEN = {"error": "Invalid token", "error_code": 401}
@@ -264,33 +264,10 @@ def rotate(data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def clients() -> Iterator[Callable[[str], Client]]:
-    """``clients(url)`` makes a recording client, closed at teardown."""
-    made: list[Client] = []
-
-    def make(url: str) -> Client:
-        client = Client(url)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[DaemonProcess]:
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     """A daemon (echo runtime, file secret); afterwards no process of it may be left."""
-    d = DaemonProcess(tmp_path / "data", close_delay=30.0)
-    try:
-        d.start()
+    with running(tmp_path / "data", close_delay=30.0) as d:
         yield d
-    finally:
-        left = d.stop()
-    assert not left, f"processes left behind: {left}"
 
 
 def poll(what: str, attempt: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -298,8 +275,8 @@ def poll(what: str, attempt: Callable[[], Any], timeout: float = 10.0) -> Any:
     return wait_for(attempt, timeout, what, pump=lambda: time.sleep(0.1))
 
 
-def test_rotate_secret_on_a_running_daemon(running: DaemonProcess, clients: Callable[[str], Client]) -> None:
-    d = running
+def test_rotate_secret_on_a_running_daemon(daemon: DaemonProcess, clients: Callable[[str], Client]) -> None:
+    d = daemon
     first_secret = key(d.data_dir)
     ok = clients(d.url).init()
     assert ok["status"] == "ok", ok

@@ -15,7 +15,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sessionactors.config import Config, load_config
 from sessionactors.errors import ConfigError
 from sessionactors.store import open_store
 
-from .daemon_harness import Client, DaemonProcess, wait_for
+from .daemon_harness import Client, DaemonProcess, running, wait_for
 from .github_standin import StandIn, start_standin
 
 # GitHub tokens the stand-in knows: (id, login). CAROL is a real user missing from the allowlist.
@@ -83,18 +82,6 @@ def answer_after(client: Client, before: int, pred: Callable[[dict[str, Any]], b
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def running(data_dir: Path, **options: Any) -> Iterator[DaemonProcess]:
-    """A daemon for the ``with`` block; afterwards no process of it may be left."""
-    daemon = DaemonProcess(data_dir, **options)
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        left = daemon.stop()
-    assert not left, f"processes left behind: {left}"
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[StandIn]:
     server = start_standin(USERS, delay=1.0)
@@ -135,24 +122,6 @@ def fuzzd(tmp_path_factory: pytest.TempPathFactory, standin: StandIn) -> Iterato
     data = tmp_path_factory.mktemp("fuzz") / "data"
     with running(data, github_api_url=standin.url, close_delay=30.0, fsync="normal", **FAST) as daemon:
         yield daemon
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    """``clients(url)`` makes a recording client, closed at teardown."""
-    made: list[Client] = []
-
-    def make(url: str) -> Client:
-        client = Client(url)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
 
 
 class Bystanders:
