@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
 from .actorsystem import pid_alive
-from .messages import Activate, Attach, Bounced, Configure, Passivated, ShutdownDone
+from .messages import Action, Activate, Attach, Bounced, Configure, Passivated, ShutdownDone
 from .protocol import error_frame, status_update
 from .registry import Entry
 from .session import SessionActor
@@ -141,8 +141,14 @@ class SessionLifecycle:
 
     def _on_bounced(self, msg: Bounced) -> None:
         entry = self.sessions.get(msg.session_id)
-        if entry is not None:
-            self._deliver(entry, msg.message)
+        if entry is None:
+            return
+        bounced = msg.message
+        if isinstance(bounced, Attach) and entry.attaching.get(bounced.conn_id) != bounced:
+            return  # answered meanwhile by a re-sent copy, or its connection left
+        if isinstance(bounced, Action) and bounced.conn_id not in entry.conns:
+            return  # its connection left the session
+        self._deliver(entry, bounced)
 
     def _find_by_address(self, address: Any) -> Entry | None:
         for entry in self.sessions.values():
@@ -166,6 +172,11 @@ class SessionLifecycle:
             self._delete_now(entry)
         elif entry.state == "passivating" or self.stopping:
             entry.state = "passivated"
+            if not self.stopping:
+                # An Attach the exiting actor neither answered nor bounced was lost on the way
+                # (overtaken by our exit request): send it again, or its INIT waits forever.
+                held = {m.conn_id for m in entry.buffered if isinstance(m, Attach)}
+                entry.buffered = [a for c, a in entry.attaching.items() if c not in held] + entry.buffered
             if entry.buffered and not self.stopping:
                 self._activate(entry)
         elif entry.state == "live":

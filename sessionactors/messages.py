@@ -123,6 +123,10 @@ class Attach:
     latest_event_id: int = -1
     token_version: int = 0
     restarted: bool = False
+    session_id: str = ""
+    """The session it is for: an actor recycled for another session bounces it back."""
+    seq: int = 0
+    """The supervisor's routing order (see ``Detach.seq``)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,11 @@ class Detach:
     """Supervisor -> session actor: a connection left (disconnect or second INIT)."""
 
     conn_id: str
+    seq: int = 0
+    """Attaches and Detaches are numbered in the order the supervisor decides them. Thespian
+    delivers one sender's messages in order, except when a transmit is retried under load
+    (the soak at full size saw a Detach overtake the Attach that followed it): the session
+    applies, per connection, only what is newer than what it applied last."""
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         self.incarnation = 0
         self.created = False
         self.conns: dict[str, None] = {}
+        self.conn_seq: dict[str, int] = {}  # conn -> seq of the last Attach/Detach applied
         self.next_id = 0
         self.generation = 0
         self.state = "pooled"
@@ -110,17 +111,26 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
             # While pooled, so that an activation does not pay for it.
             self.store = self.store or open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
         elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
-            self.send(self.supervisor, Bounced(self.session_id or "", msg))
+            self.send(self.supervisor, Bounced(getattr(msg, "session_id", "") or self.session_id or "", msg))
+        elif isinstance(msg, (Attach, Action)) and msg.session_id and msg.session_id != self.session_id:
+            # Sent to this actor's previous session (it was recycled through the pool since):
+            # back to the supervisor, never into this session.
+            self.send(self.supervisor, Bounced(msg.session_id, msg))
         elif isinstance(msg, Activate):
             self._activate(msg)
             for then in msg.then:
                 self._handle_then(then)
         elif isinstance(msg, Attach):
+            if msg.seq and msg.seq < self.conn_seq.get(msg.conn_id, 0):
+                return self._watch()  # a Detach decided after it was applied first: stale
+            self.conn_seq[msg.conn_id] = msg.seq
             if msg.restarted:
                 self._send_to([msg.conn_id], [status_update("SESSION_RESTARTED", RESTARTED_WHY)])
             self._attach(msg.conn_id, msg.latest_event_id, msg.token_version, answer=True)
         elif isinstance(msg, Detach):
-            self._detach(msg.conn_id)
+            if not (msg.seq and msg.seq < self.conn_seq.get(msg.conn_id, 0)):  # else overtaken
+                self.conn_seq[msg.conn_id] = msg.seq
+                self._detach(msg.conn_id)
         elif isinstance(msg, Action):
             self._on_action(msg.conn_id, msg.action)
         elif isinstance(msg, FileRequest):
@@ -157,6 +167,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         # A recycled actor (back in the pool after passivating) starts from a clean slate;
         # ``generation`` keeps counting so that a timer armed for the last session is stale.
         self.conns.clear()
+        self.conn_seq.clear()
         self.queue.clear()
         self.passivate_when_idle = False
         self.started = False

@@ -15,6 +15,7 @@ This module routes; the pool, activation, exits, restarts and shutdown are in
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -81,6 +82,7 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
         self.conn_session: dict[str, str] = {}
         # conn -> the session it had, while its INIT for another one is being answered
         self.moving: dict[str, str] = {}
+        self.route_seq = itertools.count(1)  # numbers Attach and Detach (see Detach.seq)
         # new sessions whose records are not committed yet (see _create_batch)
         self.creating: list[tuple[Entry, SessionRecord]] = []
         # warm, configured, not yet activated session actors: (address, pid)
@@ -283,7 +285,13 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
                 return
         self._move_conn(conn, entry.session_id)
         entry.conns[conn] = None
-        attach = Attach(conn, msg.latest_event_id, entry.token_version)
+        attach = Attach(
+            conn,
+            msg.latest_event_id,
+            entry.token_version,
+            session_id=entry.session_id,
+            seq=next(self.route_seq),
+        )
         entry.attaching[conn] = attach
         if created:
             entry.buffered.append(attach)  # activated once its record is committed: _create_batch
@@ -342,7 +350,7 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
         del entry.conns[conn]
         entry.attaching.pop(conn, None)
         if entry.state == "live":
-            self.send(entry.address, Detach(conn))
+            self.send(entry.address, Detach(conn, seq=next(self.route_seq)))
         else:  # not live: forget its pending attach instead of waking the session for nothing
             entry.buffered = [m for m in entry.buffered if getattr(m, "conn_id", None) != conn]
 

@@ -26,6 +26,23 @@ class Collector(Actor):
             self.send(sender, list(self.frames))
 
 
+class Recorder(Actor):  # type: ignore[misc]
+    """Stands in for the supervisor: ``("send", target, msg)`` sends ``msg`` as itself (so
+    answers come back here), ``"messages"`` answers every other message it received."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[Any] = []
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "send":
+            self.send(msg[1], msg[2])
+        elif msg == "messages":
+            self.send(sender, list(self.got))
+        else:
+            self.got.append(msg)
+
+
 def frames_for(frames: list[dict[str, Any]], conn: str) -> list[dict[str, Any]]:
     """Every payload the gateway would have emitted to ``conn``, in order."""
     out: list[dict[str, Any]] = []

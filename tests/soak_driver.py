@@ -152,6 +152,11 @@ class Tab:
         self.seq = 0
         self.attached_at = 0.0
         self.probes = 0  # answers to ``probe()``
+        self.trace: list[str] = []  # what happened to this tab, wall-clock stamped (see the daemon log)
+
+    def note(self, what: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        self.trace.append(f"{stamp} conn {self.conn_no}: {what}")
 
     # -- frames ------------------------------------------------------------------------
     def _on_frame(self, conn_no: int, payload: dict[str, Any]) -> None:
@@ -182,6 +187,7 @@ class Tab:
             return
         if "error" in payload or "status" in payload:
             self.errors.append(("unexpected frame", payload))
+            self.note(f"unexpected {payload}")
             return
         event_id = payload.get("id")
         if type(event_id) is not int:
@@ -206,6 +212,7 @@ class Tab:
         if conn_no != self.conn_no or self.closing:
             return
         self.lost = True
+        self.note("connection lost")
         self._end("lost")
         for action in self.world.actions.values():  # what it sent and nobody saw may be gone
             if action.tab == self.name and action.conn_no == conn_no and not action.seen:
@@ -250,6 +257,7 @@ class Tab:
         assert not self.connected
         self.conn_no += 1
         no = self.conn_no
+        self.note("connect")
         self.lost = False
         self.closing = False
         conn = SioConn(self.world.http, self.world.url, on_event=lambda p, _t, n=no: self._on_frame(n, p))
@@ -284,6 +292,7 @@ class Tab:
         if latest is not None:
             frame["latest_event_id"] = latest
         self.init_latest = -1 if latest is None else latest
+        self.note(f"INIT {session_id[:8] if session_id else '(new)'} latest {self.init_latest}")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.init_future = fut
         try:
@@ -305,6 +314,7 @@ class Tab:
                 f"{self.name}: INIT {'into ' + session_id if session_id else '(new)'} "
                 f"not answered within {timeout} s (seed {self.world.seed}) {why}"
             ) from None
+        self.note(f"INIT answer {answer.get('session_id', '')[:8] or answer}")
         if answer.get("status") == "ok":
             if session_id is not None and answer.get("session_id") != session_id:
                 self.errors.append(("INIT answered for another session", answer))
@@ -329,6 +339,7 @@ class Tab:
             payload = {"action": "run", "args": {"command": kind.format(tag=tag)}}
         action = SentAction(tag, self.name, self.current.session_id, self.conn_no, time.monotonic())
         self.world.actions[tag] = action
+        self.note(f"sent {tag} to {action.session_id[:8]}")
         try:
             await self._emit(payload)
         except SioError:
@@ -352,6 +363,7 @@ class Tab:
 
     async def disconnect(self) -> None:
         self.closing = True
+        self.note("disconnect")
         self._end("disconnect")
         if self.conn is not None:
             await self.conn.close()
@@ -640,6 +652,8 @@ class World:
                         problems.append(f"{where}: open at the end but holds up to {last} of {len(log) - 1}")
             for why, frame in tab.errors:
                 problems.append(f"tab {tab.name}: {why}: {frame}")
+            if tab.errors:
+                problems.extend(f"  tab {tab.name} trace: {line}" for line in tab.trace[-12:])
         stored_tags: Counter[str] = Counter()
         where_stored: dict[str, str] = {}
         for sid, log in logs.items():

@@ -17,10 +17,25 @@ from thespian.actors import ActorSystem
 from sessionactors.actorsystem import restrict_to_loopback, shutdown_system, system_capabilities
 from sessionactors.config import Config
 from sessionactors.daemon import group_members, listening_pid
-from sessionactors.messages import Action, Configure, Configured, Disconnect, Init, Query, QueryReply
+from sessionactors.messages import (
+    Action,
+    Activate,
+    Attach,
+    Bounced,
+    Configure,
+    Configured,
+    Detach,
+    Disconnect,
+    Init,
+    Query,
+    QueryReply,
+)
+from sessionactors.protocol import NOT_ATTACHED
+from sessionactors.session import SessionActor
+from sessionactors.store import SessionRecord, open_store
 from sessionactors.supervisor import SupervisorActor
 
-from .actor_helpers import Collector, frames_for, wait_until
+from .actor_helpers import Collector, Recorder, frames_for, wait_until
 from .daemon_harness import free_port
 
 
@@ -173,3 +188,41 @@ def test_delete_session(h: Harness) -> None:
     h.tell(Init("c3", sid))
     wait_until(lambda: h.to("c3"))
     assert h.to("c3")[-1]["error_code"] == 401
+
+
+def test_session_applies_attach_and_detach_in_the_supervisors_order(tmp_path: Any) -> None:
+    # Thespian keeps one sender's messages in order except when a transmit is retried under
+    # load; the full-size soak saw a Detach overtake the Attach decided after it, leaving a
+    # tab routed to a session that no longer had it ("Not attached" to all its actions).
+    cfg = Config(data_dir=tmp_path, runtime="echo", pool_size=0, close_delay=30.0)
+    open_store(tmp_path).create_sessions([SessionRecord("s1"), SessionRecord("s2")])
+    asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        collector = asys.createActor(Collector)
+        supervisor = asys.createActor(Recorder)  # what the session answers lands here
+        session = asys.createActor(SessionActor)
+
+        def send(msg: Any) -> None:
+            asys.tell(supervisor, ("send", session, msg))
+
+        def to_c1() -> list[dict[str, Any]]:
+            return frames_for(asys.ask(collector, "frames", 5), "c1")
+
+        send(Configure(cfg.to_json(), None, collector))
+        send(Activate("s1", 1, True, (), False, ()))
+        send(Attach("c1", session_id="s1", seq=2))
+        send(Detach("c1", seq=1))  # decided before the Attach: stale
+        send(message("c1", "s1", "kept"))
+        wait_until(lambda: any(f.get("args", {}).get("content") == "kept" for f in to_c1()))
+        send(Detach("c1", seq=3))
+        send(Attach("c1", session_id="s1", seq=2, latest_event_id=0))  # overtaken: stale
+        send(message("c1", "s1", "refused"))
+        wait_until(lambda: NOT_ATTACHED in [f.get("error") for f in to_c1()])
+        assert [f.get("status") for f in to_c1()].count("ok") == 1  # the stale Attach got no answer
+        # An Attach for the session this actor had before being recycled goes back, unapplied.
+        stray = Attach("c2", session_id="s2", seq=4)
+        send(stray)
+        wait_until(lambda: Bounced("s2", stray) in asys.ask(supervisor, "messages", 5))
+        assert frames_for(asys.ask(collector, "frames", 5), "c2") == []
+    finally:
+        asys.shutdown()
