@@ -3,7 +3,7 @@
 Every process (launcher, gateway, actors through Thespian's logger process) uses
 the same format. Records may carry ``session_id`` and ``conn_id`` (pass them in
 ``extra``); they become fields of the JSON line. Secrets are never passed to a
-logger: tokens appear only through ``auth.redact``.
+logger: tokens appear only through ``github.redact``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of sessionactors.auth: session tokens, secrets on disk, GitHub identity."""
+"""Tests of sessionactors.auth (session tokens, secrets on disk) and sessionactors.github (GitHub identity)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,13 @@ from hypothesis import strategies as st
 
 from sessionactors.auth import (
     MAX_TOKEN_CHARS,
-    GitHubUser,
-    GitHubVerifier,
     TokenClaims,
     TokenSigner,
-    check_owner,
-    load_allowlist,
     load_or_create_secrets,
-    redact,
     rotate_secret,
 )
 from sessionactors.errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken, InvalidToken
+from sessionactors.github import GitHubUser, GitHubVerifier, check_owner, load_allowlist, redact
 
 from .github_standin import (
     SLOW_USER,
