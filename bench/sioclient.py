@@ -55,6 +55,7 @@ class SioConn:
         self.token: str | None = None
         self.session_id: str | None = None
         self.last_id = -1
+        self.sid = ""  # the Socket.IO id the server gave (its conn id in the daemon's log)
         self._init_waiter: asyncio.Future[dict[str, Any]] | None = None
 
     async def connect(self, timeout: float = 30.0) -> None:
@@ -70,6 +71,10 @@ class SioConn:
             answer = await asyncio.wait_for(self.ws.receive_str(), timeout)
             if not answer.startswith("40"):
                 raise SioError(f"namespace connect refused: {answer[:80]!r}")
+            try:
+                self.sid = str(json.loads(answer[2:] or "{}").get("sid", ""))
+            except ValueError:
+                self.sid = ""
         except (aiohttp.ClientError, asyncio.TimeoutError, TypeError, OSError) as exc:
             await self.close()
             raise SioError(f"connect failed: {exc!r}") from None

@@ -302,7 +302,15 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
 
     def _move_conn(self, conn: str, session_id: str) -> None:
         """Route ``conn`` to ``session_id``; it leaves its old session once the new one attached it."""
-        old = self.moving.pop(conn, None) or self.conn_session.get(conn)
+        pending = self.moving.pop(conn, None)  # the session it had not finished leaving
+        current = self.conn_session.get(conn)
+        if pending is not None and current is not None and current not in (session_id, pending):
+            # It moves on before we heard that ``current`` attached it: the gateway holds an
+            # INIT until the one before is answered, so ``current`` has answered, and its
+            # Attached (or AttachFailed) is still on the way. Leave it now, or it keeps a
+            # connection that is gone (and never passivates).
+            self._detach_from(conn, current)
+        old = pending or current
         if old is not None and old != session_id:
             self.moving[conn] = old
         self.conn_session[conn] = session_id

@@ -270,6 +270,7 @@ class Tab:
             raise SioError(f"connect failed: {exc!r}") from None
         assert conn.reader is not None
         conn.reader.add_done_callback(lambda _task, n=no: self._on_reader_done(n))
+        self.note(f"connected as {conn.sid}")
 
     async def init(
         self,
@@ -653,7 +654,7 @@ class World:
             for why, frame in tab.errors:
                 problems.append(f"tab {tab.name}: {why}: {frame}")
             if tab.errors:
-                problems.extend(f"  tab {tab.name} trace: {line}" for line in tab.trace[-12:])
+                problems.extend(f"  tab {tab.name} trace: {line}" for line in tab.trace[-40:])
         stored_tags: Counter[str] = Counter()
         where_stored: dict[str, str] = {}
         for sid, log in logs.items():
@@ -692,7 +693,7 @@ class World:
             "init_retried_503": sum(len(t.retried) for t in self.tabs),
         }
         if problems:
-            head = "\n".join(problems[:40])
+            head = "\n".join(problems[:120])
             raise AssertionError(
                 f"seed {self.seed}: {len(problems)} problem(s) ({figures}):\n{head}\n"
                 f"daemon log: {self.daemon.log_path}"

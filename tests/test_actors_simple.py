@@ -181,6 +181,22 @@ def test_second_init_moves_connection(h: Harness) -> None:
     assert h.query("info", b).body["connections"] == 2
 
 
+def test_moving_on_before_the_last_move_is_confirmed_leaves_no_ghost(h: Harness) -> None:
+    # c1 moves a -> b, then b -> c before the supervisor hears that b attached it (the
+    # gateway sends the next INIT as soon as b answers; b's Attached comes by another way).
+    # It must leave b as well as a: a connection left behind kept b from ever passivating.
+    a, b, c = h.init("c1"), h.init("c2"), h.init("c3")
+    h.tell(Init("c1", b))
+    h.tell(Init("c1", c))
+    wait_until(lambda: h.query("info", c).body["connections"] == 2, pump=h.pump)
+    wait_until(lambda: h.query("info", a).body["connections"] == 0, pump=h.pump)
+    wait_until(lambda: h.query("info", b).body["connections"] == 1, pump=h.pump)  # c2 alone
+    h.tell(message("c2", b, "only c2"))
+    wait_until(lambda: any(f.get("args", {}).get("content") == "only c2" for f in h.to("c2")))
+    h.tell(Disconnect("c2"))  # b's last connection: it passivates
+    wait_until(lambda: h.query("info", b).body["state"] == "passivated", 10, pump=h.pump)
+
+
 def test_delete_session(h: Harness) -> None:
     sid = h.init("c1")
     assert h.query("delete", sid).status == 200

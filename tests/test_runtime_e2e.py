@@ -44,9 +44,10 @@ def test_shell_session_passivates_without_orphans_and_rehydrates_cwd(daemon_fact
     r = Client(d.url)
     try:
         assert r.init(token=ok["token"], latest=-1)["status"] == "ok"
-        before = len(finals(r))
+        # The replay arrives after the INIT answer: count the finals once all of it is here.
+        wait_for(lambda: len(finals(r)) == 3, what="the replay of the three earlier commands")
         r.send(run("basename $PWD"))
-        wait_for(lambda: len(finals(r)) == before + 1, what="command after rehydration")
+        wait_for(lambda: len(finals(r)) == 4, what="command after rehydration")
         assert finals(r)[-1]["content"] == "sub\n"  # the working directory was restored
     finally:
         r.close()
