@@ -254,6 +254,11 @@ class Tab:
 
     async def connect(self, timeout: float = 20.0) -> None:
         """Open a new connection (raises SioError); the previous one must be closed."""
+        if self.conn is not None and self.conn.closed and not self.lost:
+            # Its reader has ended but the done-callback has not run yet (it runs on a later
+            # loop turn, and would then be ignored as coming from a replaced connection): the
+            # tab would go on acting on a new connection as if it were still attached.
+            self._on_reader_done(self.conn_no)
         assert not self.connected
         self.conn_no += 1
         no = self.conn_no
@@ -286,7 +291,9 @@ class Tab:
         of (``World.stuck``) gives ``{"wedged": why}``; anything else waits up to ``timeout``.
         ``probe``: send ``PROBE`` right after the INIT (its answer says the INIT was passed on).
         """
-        assert self.connected and self.init_future is None and self.conn is not None
+        assert self.init_future is None, f"{self.name}: an INIT is already in flight"
+        if not self.connected or self.conn is None:
+            return None  # it died since the caller looked (the gateway was just killed)
         frame: dict[str, Any] = {"action": "initialize", "args": {"agent": "soak", "tab": self.name}}
         if session_id is not None:
             frame["token"] = self.world.tokens[session_id]

@@ -135,18 +135,30 @@ def shell_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "sessionactors-shell-*")))
 
 
-def our_leaked_dirs(before: set[str], tags: Iterable[str]) -> list[str]:
-    """New control directories whose last command carries one of our tags; removed, and listed."""
+def our_leaked_dirs(before: set[str], tags: Iterable[str], grace: float = 5.0) -> list[str]:
+    """New control directories whose last command carries one of our tags and that are still
+    there ``grace`` s later (an orphaned shell runs its EXIT trap when it notices, on a loaded
+    machine not at once); removed, and listed."""
     wanted = set(tags)
-    leaked = []
-    for path in sorted(shell_dirs() - before):
-        try:
-            text = Path(path, "command.sh").read_text(errors="replace")
-        except OSError:
-            continue
-        if any(word in wanted for word in text.replace(";", " ").split()):
-            leaked.append(path)
-            shutil.rmtree(path, ignore_errors=True)
+
+    def ours() -> list[str]:
+        found = []
+        for path in sorted(shell_dirs() - before):
+            try:
+                text = Path(path, "command.sh").read_text(errors="replace")
+            except OSError:
+                continue
+            if any(word in wanted for word in text.replace(";", " ").split()):
+                found.append(path)
+        return found
+
+    deadline = time.monotonic() + grace
+    leaked = ours()
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling a directory listing: nothing to wait on
+        leaked = ours()
+    for path in leaked:
+        shutil.rmtree(path, ignore_errors=True)
     return leaked
 
 
