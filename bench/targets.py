@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -43,11 +44,35 @@ REPO = Path(__file__).resolve().parent.parent
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for bind(0) and outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_RNG = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody uses right now on 127.0.0.1, below the kernel's ephemeral range.
+
+    A port from bind(0) is in that range, and the daemon binds it only later: meanwhile its
+    own actor system (every actor listens on a bind(0) port) or any outgoing connection could
+    be given the same one. CI failed on it once ("Address already in use" in the gateway).
+    """
+    high = min(_ephemeral_low(), 32768)
+    for _ in range(200):
+        port = _RNG.randrange(20000, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found in 20000-{high}")
 
 
 def memory_kb(pids: list[int]) -> tuple[int, int]:
