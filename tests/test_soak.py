@@ -52,6 +52,7 @@ from .daemon_harness import wait_for
 from .soak_driver import (
     NOT_READY,
     SoakPlan,
+    Tab,
     World,
     gateway_pid,
     gather_limited,
@@ -160,6 +161,15 @@ def our_leaked_dirs(before: set[str], tags: Iterable[str], grace: float = 5.0) -
     for path in leaked:
         shutil.rmtree(path, ignore_errors=True)
     return leaked
+
+
+async def one_tab_session(world: World) -> tuple[Tab, str]:
+    """Tab 0.0 connected and attached to a new session: (the tab, the session id)."""
+    tab = world.tab("0.0")
+    await tab.connect()
+    answer = await tab.init(None) or {}
+    assert answer.get("status") == "ok", f"the first INIT failed: {answer}"
+    return tab, str(answer["session_id"])
 
 
 def drive(daemon: Any, figures: dict[str, Any], name: str, main: Callable[[], Awaitable[None]]) -> None:
@@ -371,9 +381,7 @@ def test_init_right_after_a_gateway_restart_is_not_refused(daemon_factory: Any) 
         world = World(daemon, 0)
         supervisor = 0
         try:
-            tab = world.tab("0.0")
-            await tab.connect()
-            sid = str((await tab.init(None) or {}).get("session_id"))
+            tab, sid = await one_tab_session(world)
             sent = await tab.act("message", "before")
             assert sent is not None
             await until(lambda: sent.seen, 15, "the first event")
@@ -437,9 +445,7 @@ def test_actions_arriving_with_the_restart_positions_are_not_held(daemon_factory
         world = World(daemon, 0)
         stopped: list[int] = []
         try:
-            tab = world.tab("0.0")
-            await tab.connect()
-            sid = str((await tab.init(None) or {}).get("session_id"))
+            tab, sid = await one_tab_session(world)
             warm = await tab.act("message", "before")
             assert warm is not None
             await until(lambda: warm.seen, 15, "the first event")
@@ -503,9 +509,7 @@ def test_a_killed_session_leaves_no_shell_control_dir(daemon_factory: Any) -> No
     async def run() -> None:
         world = World(daemon, 0)
         try:
-            tab = world.tab("0.0")
-            await tab.connect()
-            sid = str((await tab.init(None) or {}).get("session_id"))
+            tab, sid = await one_tab_session(world)
             sent = await tab.act("run", "a command")
             assert sent is not None
             tags.append(sent.tag)
@@ -546,9 +550,7 @@ def test_supervisor_relinks_after_the_gateway_dies_mid_reply(daemon_factory: Any
         world = World(daemon, 0)
         supervisor = 0
         try:
-            tab = world.tab("0.0")
-            await tab.connect()
-            sid = str((await tab.init(None) or {}).get("session_id"))
+            _, sid = await one_tab_session(world)
             supervisor = psutil.Process(await world.session_pid(sid)).ppid()
             if _unread_bytes(supervisor) is None:
                 pytest.skip("needs ss (iproute2) to see socket queues")
