@@ -1,4 +1,4 @@
-"""Benchmark of the embedded SQLite store (``sessionactors.sqlite_store``).
+"""Benchmark of the embedded SQLite store (``sessionactors.store.sqlite``).
 
 (a) Append: N concurrent sessions, each in its own process with its own store,
     append single events, one transaction each (what a session actor does per
@@ -27,7 +27,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from sessionactors.sqlite_store import SQLiteStore
+from sessionactors.store.sqlite import SQLiteStore
 
 
 def make_event(i: int) -> dict[str, Any]:

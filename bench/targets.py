@@ -377,7 +377,7 @@ class OursTarget(Target):
     def append_events(self, session_id: str, count: int) -> int:
         """Append ``count`` message events to a *passivated* session, straight into the store
         (one transaction); answers the last event id. Only safe while no actor owns the session."""
-        from sessionactors.sqlite_store import SQLiteStore
+        from sessionactors.store.sqlite import SQLiteStore
 
         store = SQLiteStore(self.data_dir, fsync="normal")
         try:

@@ -25,7 +25,7 @@ from .config import Config, load_config
 from .daemon import Daemon, health_ok, pid_alive, read_state
 from .errors import DaemonError, SessionActorsError
 from .logs import setup_logging
-from .runtime import load_runtime
+from .runtimes.base import load_runtime
 
 __all__ = ["main", "build_parser"]
 
@@ -255,7 +255,7 @@ def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
 
 def _rotate_secret(cfg: Config) -> int:
     """Rotate ``<data_dir>/secret.key``; refuse a configured secret or a data dir without one."""
-    from .auth import SECRET_FILE, rotate_secret
+    from .auth.tokens import SECRET_FILE, rotate_secret
 
     if cfg.token_secret is not None:
         print(

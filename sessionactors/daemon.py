@@ -196,7 +196,7 @@ class Daemon:
 
     def start(self) -> None:
         """Start the actor system, the supervisor and the gateway; return once healthy."""
-        from .supervisor import SUPERVISOR_NAME, SupervisorActor
+        from .actors.supervisor import SUPERVISOR_NAME, SupervisorActor
 
         self._prepare_dirs()
         self._check_leftovers()

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from thespian.actors import ActorSystem
 
+from sessionactors.actors.session import SessionActor
+from sessionactors.actors.supervisor import SupervisorActor
 from sessionactors.actorsystem import restrict_to_loopback, shutdown_system, system_capabilities
 from sessionactors.config import Config
 from sessionactors.daemon import group_members, listening_pid
@@ -31,9 +33,7 @@ from sessionactors.messages import (
     QueryReply,
 )
 from sessionactors.protocol import NOT_ATTACHED
-from sessionactors.session import SessionActor
 from sessionactors.store import SessionRecord, open_store
-from sessionactors.supervisor import SupervisorActor
 
 from .actor_helpers import Collector, Recorder, frames_for, wait_until
 from .daemon_harness import free_port

@@ -1,4 +1,4 @@
-"""Tests of sessionactors.auth (session tokens, secrets on disk) and sessionactors.github (GitHub identity)."""
+"""Tests of sessionactors.auth.tokens (session tokens, secrets on disk) and sessionactors.auth.github (GitHub identity)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sessionactors.auth import (
+from sessionactors.auth.github import GitHubUser, GitHubVerifier, check_owner, load_allowlist, redact
+from sessionactors.auth.tokens import (
     MAX_TOKEN_CHARS,
     TokenClaims,
     TokenSigner,
@@ -26,7 +27,6 @@ from sessionactors.auth import (
     rotate_secret,
 )
 from sessionactors.errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken, InvalidToken
-from sessionactors.github import GitHubUser, GitHubVerifier, check_owner, load_allowlist, redact
 
 from .github_standin import (
     SLOW_USER,
@@ -274,7 +274,7 @@ def test_secret_created_with_mode_0600_and_survives_restart(tmp_path: Path) -> N
 def test_loose_permissions_tightened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first = load_or_create_secrets(tmp_path)
     os.chmod(tmp_path / "secret.key", 0o644)
-    with caplog.at_level(logging.WARNING, logger="sessionactors.auth"):
+    with caplog.at_level(logging.WARNING, logger="sessionactors.auth.tokens"):
         assert load_or_create_secrets(tmp_path) == first
     assert mode(tmp_path / "secret.key") == 0o600
     assert "0600" in caplog.text

@@ -31,7 +31,7 @@ import psutil
 import pytest
 import websocket
 
-from sessionactors.auth import TokenSigner, load_or_create_secrets
+from sessionactors.auth.tokens import TokenSigner, load_or_create_secrets
 
 from .daemon_harness import Client, DaemonProcess, running, wait_for
 from .github_standin import SLOW_USER, TOKEN_500, TOKEN_SLOW, StandIn, start_standin

@@ -23,10 +23,10 @@ from typing import Any
 import jwt
 import pytest
 
-from sessionactors import secrets_file
-from sessionactors.auth import SECRET_FILE, TokenSigner, load_or_create_secrets, rotate_secret
+from sessionactors.auth import secrets as secrets_file
+from sessionactors.auth.secrets import FileSecrets
+from sessionactors.auth.tokens import SECRET_FILE, TokenSigner, load_or_create_secrets, rotate_secret
 from sessionactors.errors import InvalidToken
-from sessionactors.secrets_file import FileSecrets
 
 from .daemon_harness import Client, DaemonProcess, running, wait_for
 
@@ -163,7 +163,7 @@ def test_unreadable_or_corrupt_secret_keeps_the_old_ones(
         assert signer.verify(token).session_id == "s"
         assert signed_by(first_secret, signer.issue("s"))
 
-    with caplog.at_level(logging.WARNING, logger="sessionactors.secrets_file"):
+    with caplog.at_level(logging.WARNING, logger="sessionactors.auth.secrets"):
         path.write_text("too short\n")  # corrupt: fewer than 32 bytes
         step()
         assert "fewer than 32 bytes" in caplog.text

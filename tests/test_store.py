@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from sessionactors import sqlite_store
 from sessionactors.errors import EventIdConflict, SchemaMismatch, StoreCorrupt, StoreError
-from sessionactors.sqlite_shards import is_busy
-from sessionactors.sqlite_store import SQLiteStore
 from sessionactors.store import SessionRecord, open_store
+from sessionactors.store import sqlite as sqlite_store
+from sessionactors.store.sqlite import SQLiteStore
+from sessionactors.store.sqlite_shards import is_busy
 
 
 def make_event(i: int) -> dict[str, Any]:
@@ -51,7 +51,7 @@ APPENDER = (
     + """
 import random, sys
 from pathlib import Path
-from sessionactors.sqlite_store import SQLiteStore
+from sessionactors.store.sqlite import SQLiteStore
 data_dir, fsync, sid, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 store = SQLiteStore(Path(data_dir), fsync=fsync)
 rng = random.Random(seed)
@@ -72,7 +72,7 @@ CONCURRENT_WRITER = (
     + """
 import sys
 from pathlib import Path
-from sessionactors.sqlite_store import SQLiteStore
+from sessionactors.store.sqlite import SQLiteStore
 data_dir, sid, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()  # the start signal: every writer opens and appends at the same moment

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import errno
 import os
 import resource
 import secrets
@@ -50,7 +49,7 @@ from typing import Any
 
 from ..errors import RuntimeStartError
 
-__all__ = ["RLIMIT_OPTIONS", "OutputReader", "ShellProcess", "open_beneath", "rlimits_from_options"]
+__all__ = ["RLIMIT_OPTIONS", "OutputReader", "ShellProcess", "rlimits_from_options"]
 
 # option name -> (resource, default); 0 or None in the options disables a limit.
 RLIMIT_OPTIONS: dict[str, tuple[int, int]] = {
@@ -367,31 +366,6 @@ def _prefix_overlap(data: bytearray, marker: bytes) -> int:
         if data.endswith(marker[:k]):
             return k
     return 0
-
-
-def open_beneath(root: str, rel: str, flags: int, make_dirs: bool = False) -> int:
-    """Open ``rel`` (already resolved and checked to be inside ``root``) without following symlinks.
-
-    One component at a time with O_NOFOLLOW: a symlink swapped in after the
-    check (TOCTOU) makes the open fail instead of leading outside ``root``.
-    """
-    parts = [] if rel == "." else rel.split(os.sep)
-    if not parts:
-        raise IsADirectoryError(errno.EISDIR, "the workspace itself is a directory")
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            if make_dirs:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=dfd)
-            nfd = os.open(part, dir_flags, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
-        # O_NONBLOCK: opening a FIFO must not wait for its other end.
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=dfd)
-    finally:
-        os.close(dfd)
 
 
 # -- /proc helpers (Linux) -------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ..errors import ActionError, PathEscape
-from ..runtime import Output, Runtime, Status, error_observation, observation
+from .base import Output, Runtime, Status, error_observation, observation
 
 __all__ = ["EchoRuntime"]
 

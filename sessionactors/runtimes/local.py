@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ActionError, PathEscape, RuntimeStartError
-from ..runtime import Output, Runtime, RuntimeContext, Status, error_observation, observation
-from ._shell import OutputReader, ShellProcess, open_beneath, rlimits_from_options
+from ._files import open_beneath
+from ._shell import OutputReader, ShellProcess, rlimits_from_options
+from .base import Output, Runtime, RuntimeContext, Status, error_observation, observation
 
 __all__ = ["LocalRuntime"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken
+from ..errors import ConfigError, Forbidden, GitHubUnavailable, InvalidGitHubToken
 
 __all__ = ["GitHubUser", "GitHubVerifier", "HttpGet", "load_allowlist", "check_owner", "redact"]
 

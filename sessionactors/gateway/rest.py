@@ -16,15 +16,17 @@ import mimetypes
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
-from .config import Config
-from .errors import AuthError, Forbidden, InvalidToken
-from .store import Store, open_store
+from ..config import Config
+from ..errors import AuthError, Forbidden, InvalidToken
+from ..store import Store, open_store
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..auth.github import GitHubVerifier
+    from ..auth.tokens import TokenSigner
+    from ..metrics import GatewayMetrics
 
 __all__ = ["RestApp"]
 
@@ -41,10 +43,26 @@ _STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: 
 StartResponse = Callable[..., Any]
 
 
+class GatewayPort(Protocol):
+    """What the REST API needs of the Socket.IO gateway it shares a port with.
+
+    A protocol rather than an import of ``server.Gateway``: the server builds this app,
+    so importing it back would make the two modules a circle.
+    """
+
+    signer: TokenSigner
+    verifier: GitHubVerifier | None
+    metrics: GatewayMetrics
+
+    def query(
+        self, op: str, session_id: str | None = None, timeout: float = 5.0, **extra: Any
+    ) -> tuple[int, Any]: ...
+
+
 class RestApp:
     """WSGI application for everything that is not Socket.IO."""
 
-    def __init__(self, gateway: Gateway, cfg: Config) -> None:
+    def __init__(self, gateway: GatewayPort, cfg: Config) -> None:
         self.gateway = gateway
         self.cfg = cfg
         self._store: Store | None = None

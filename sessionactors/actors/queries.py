@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
-from .messages import FileRequest, Query
-from .protocol import error_frame, status_update
+from ..messages import FileRequest, Query
+from ..protocol import error_frame, status_update
 from .registry import Entry
 
 if TYPE_CHECKING:
-    from .bridge import Outbox
-    from .config import Config
-    from .store import Store
+    from ..bridge import Outbox
+    from ..config import Config
+    from ..store import Store
 
 __all__ = ["SessionQueries", "RETENTION"]
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
-from .actorsystem import pid_alive
-from .messages import Action, Activate, Attach, Bounced, Configure, Passivated, ShutdownDone
-from .protocol import error_frame, status_update
+from ..actorsystem import pid_alive
+from ..messages import Action, Activate, Attach, Bounced, Configure, Passivated, ShutdownDone
+from ..protocol import error_frame, status_update
 from .registry import Entry
 from .session import SessionActor
 
 if TYPE_CHECKING:
-    from .bridge import Outbox
-    from .config import Config
-    from .store import Store
+    from ..bridge import Outbox
+    from ..config import Config
+    from ..store import Store
 
 __all__ = ["SessionLifecycle", "REFILL", "CHECK", "SHUTDOWN_TIMEOUT", "CHECK_PERIOD", "REFILL_QUIET"]
 

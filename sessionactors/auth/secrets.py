@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import SessionActorsError
+from ..errors import SessionActorsError
 
 __all__ = ["FileSecrets"]
 

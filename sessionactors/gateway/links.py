@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import eventlet
 import eventlet.semaphore
 
-from .bridge import FrameReader, encode
+from ..bridge import FrameReader, encode
 
 __all__ = ["ActorLink", "LinkServer"]
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import jwt
 
-from .errors import ConfigError, InvalidToken
-from .secrets_file import FileSecrets
+from ..errors import ConfigError, InvalidToken
+from .secrets import FileSecrets
 
 __all__ = ["TokenClaims", "TokenSigner", "load_or_create_secrets", "rotate_secret"]
 

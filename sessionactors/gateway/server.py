@@ -24,15 +24,15 @@ import socketio  # noqa: E402
 from engineio import payload as eio_payload  # noqa: E402
 from eventlet.event import Event as GreenEvent  # noqa: E402
 
-from .auth import TokenSigner, load_or_create_secrets  # noqa: E402
-from .config import Config  # noqa: E402
-from .errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from ..auth.github import GitHubVerifier, load_allowlist  # noqa: E402
+from ..auth.tokens import TokenSigner, load_or_create_secrets  # noqa: E402
+from ..config import Config  # noqa: E402
+from ..errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from ..logs import setup_logging  # noqa: E402
+from ..metrics import GatewayMetrics  # noqa: E402
+from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
 from .fanout import Fanout  # noqa: E402
-from .github import GitHubVerifier, load_allowlist  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
-from .logs import setup_logging  # noqa: E402
-from .metrics import GatewayMetrics  # noqa: E402
-from .protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
 

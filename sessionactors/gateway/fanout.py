@@ -16,8 +16,8 @@ from socketio import packet as sio_packet
 if TYPE_CHECKING:
     import socketio
 
-    from .config import Config
-    from .metrics import GatewayMetrics
+    from ..config import Config
+    from ..metrics import GatewayMetrics
 
 __all__ = ["Fanout"]
 

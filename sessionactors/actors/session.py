@@ -32,10 +32,10 @@ from thespian.actors import (  # type: ignore[import-untyped]
     WatchMessage,
 )
 
-from .bridge import CallbackOutbox, LinkOutbox, Outbox
-from .config import Config
-from .errors import ActionError, RuntimeStartError, SessionActorsError, StoreError
-from .messages import (
+from ..bridge import CallbackOutbox, LinkOutbox, Outbox
+from ..config import Config
+from ..errors import ActionError, RuntimeStartError, SessionActorsError, StoreError
+from ..messages import (
     Action,
     Activate,
     Activated,
@@ -48,10 +48,10 @@ from .messages import (
     FileRequest,
     Frame,
 )
+from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
+from ..runtimes.base import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
+from ..store import Store, open_store
 from .passivation import SessionTimers
-from .protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
-from .runtime import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
-from .store import Store, open_store
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]
 

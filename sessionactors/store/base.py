@@ -2,22 +2,19 @@
 
 Session actors append events here *before* any client sees them; the
 supervisor keeps session records here on every state change; the gateway reads
-event ranges for the REST API. The embedded default is SQLite
-(``sessionactors.sqlite_store``); a shared database for several machines would
-implement the same ``Store`` class.
-
-Every process opens its own ``Store`` (a connection must never cross a fork):
-``open_store(data_dir)`` in the process that uses it.
+event ranges for the REST API. This module is the interface
+alone and imports no backend: the embedded default is SQLite
+(``sessionactors.store.sqlite``); a shared database for several machines would
+implement the same ``Store`` class in a module of its own beside it.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-__all__ = ["SessionRecord", "Store", "open_store", "SESSION_STATES"]
+__all__ = ["SessionRecord", "Store", "SESSION_STATES"]
 
 SESSION_STATES = ("live", "passivated", "failed")
 
@@ -92,10 +89,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection (idempotent)."""
-
-
-def open_store(data_dir: Path | str, *, fsync: str = "full") -> Store:
-    """Open (creating if needed) the embedded SQLite store under ``data_dir``."""
-    from .sqlite_store import SQLiteStore
-
-    return SQLiteStore(Path(data_dir), fsync=fsync)

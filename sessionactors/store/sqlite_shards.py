@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import SchemaMismatch, StoreCorrupt, StoreError
+from ..errors import SchemaMismatch, StoreCorrupt, StoreError
 
 __all__ = ["APP_MARKER", "EVENTS_DDL", "SHARD_DIR", "Shard", "shard_index"]
 

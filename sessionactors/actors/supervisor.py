@@ -10,7 +10,8 @@ without having passivated is restarted (OTP: a *transient* child) unless it
 crashed more than ``restart_intensity`` times within ``restart_period`` seconds.
 
 This module routes; the pool, activation, exits, restarts and shutdown are in
-``lifecycle.py`` and the answers to queries in ``queries.py`` (mixins of the actor).
+``lifecycle.py``, the answers to queries in ``queries.py`` and its end of the bridge
+to the gateway in ``gatewaylink.py`` (mixins of the actor).
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ from thespian.actors import (  # type: ignore[import-untyped]
     WatchMessage,
 )
 
-from .actorsystem import pid_alive
-from .bridge import CallbackOutbox, LinkOutbox, Outbox
-from .config import Config
-from .errors import StoreError
-from .lifecycle import CHECK, CHECK_PERIOD, REFILL, SHUTDOWN_TIMEOUT, SessionLifecycle
-from .messages import (
+from ..actorsystem import pid_alive
+from ..bridge import CallbackOutbox, LinkOutbox, Outbox
+from ..config import Config
+from ..errors import StoreError
+from ..messages import (
     Action,
     Activated,
     Attach,
@@ -54,22 +54,23 @@ from .messages import (
     QueryReply,
     Shutdown,
 )
-from .protocol import error_frame
+from ..protocol import error_frame
+from ..runtimes.base import load_runtime
+from ..store import SessionRecord, Store, open_store
+from .gatewaylink import RECONNECT, GatewayLink
+from .lifecycle import CHECK, CHECK_PERIOD, REFILL, SHUTDOWN_TIMEOUT, SessionLifecycle
 from .queries import RETENTION, SessionQueries
 from .registry import Entry
-from .runtime import load_runtime
-from .store import SessionRecord, Store, open_store
 
 __all__ = ["SupervisorActor", "SUPERVISOR_NAME"]
 
 log = logging.getLogger("sessionactors.supervisor")
 
 SUPERVISOR_NAME = "sessionactors-supervisor"
-_RECONNECT = "reconnect"
 AT_CAPACITY = "The server is at capacity; try again later"
 
 
-class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
+class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
     """Routes connections to sessions, restarts crashed sessions, knows which exist."""
 
     def __init__(self) -> None:
@@ -393,7 +394,7 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
             self._answer(conn, [error_frame("Internal error while handling the request", 500)])
 
     def _on_wakeup(self, payload: Any) -> None:
-        if payload == _RECONNECT:
+        if payload == RECONNECT:
             self.reconnect_armed = False
             if isinstance(self.outbox, LinkOutbox) and self.outbox.connect() is None:
                 self._arm_reconnect()
@@ -407,52 +408,3 @@ class SupervisorActor(SessionLifecycle, SessionQueries, Actor):  # type: ignore[
         elif payload == SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")
             self._finish_shutdown()
-
-    def _arm_reconnect(self) -> None:
-        if not self.reconnect_armed:
-            self.reconnect_armed = True
-            self.wakeupAfter(0.1, payload=_RECONNECT)
-
-    def _on_link_lost(self) -> None:
-        """The gateway is gone (EOF, or a failed send): its connections went with it."""
-        log.warning("supervisor: gateway link lost; detaching every connection")
-        for conn in list(self.conn_session):
-            self._drop_conn(conn)
-        self._arm_reconnect()
-
-    def _on_bridge(self) -> None:
-        assert isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None
-        frames = self.outbox.link.receive()
-        if frames is None:
-            self.outbox.link = None
-            self._on_link_lost()
-            return
-        for frame in frames:
-            kind = frame.get("t")
-            if kind in ("init", "action") and self.stopping:
-                self._answer(frame["conn"], [error_frame("The server is shutting down", 503)])
-            elif kind == "init":
-                self._on_init(
-                    Init(
-                        frame["conn"],
-                        frame.get("session_id"),
-                        frame.get("user_id"),
-                        frame.get("user_login"),
-                        frame.get("args") or {},
-                        frame.get("latest_event_id", -1),
-                        int(frame.get("token_version") or 0),
-                    )
-                )
-            elif kind == "disconnect":
-                self._on_disconnect(frame["conn"])
-            elif kind == "action":
-                self._on_action(Action(frame["conn"], frame["session_id"], frame["action"]))
-            elif kind == "query" and frame.get("op") in ("list_files", "read_file"):
-                self._on_file_query(frame)
-            elif kind == "query":
-                status, body = self._on_query(
-                    Query(frame["op"], frame.get("session_id"), frame.get("req", 0))
-                )
-                self.outbox.send({"t": "reply", "req": frame.get("req", 0), "status": status, "body": body})
-
-    # -- shutdown -----------------------------------------------------------------

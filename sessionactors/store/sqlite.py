@@ -57,10 +57,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import EventIdConflict, StoreCorrupt, StoreError
 from . import sqlite_shards as shards_mod
-from .errors import EventIdConflict, StoreCorrupt, StoreError
+from .base import SESSION_STATES, SessionRecord, Store
 from .sqlite_shards import APP_MARKER, EVENTS_DDL, FSYNC_MODES, SHARD_DIR, Shard, shard_index
-from .store import SESSION_STATES, SessionRecord, Store
 
 __all__ = ["DB_NAME", "DEFAULT_SHARDS", "SCHEMA_VERSION", "SQLiteStore"]
 

@@ -14,15 +14,15 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .messages import Passivated
+from ..messages import Passivated
 
 if TYPE_CHECKING:
     from collections import deque
 
-    from .bridge import Outbox
-    from .config import Config
-    from .runtime import Output, Runtime
-    from .store import Store
+    from ..bridge import Outbox
+    from ..config import Config
+    from ..runtimes.base import Output, Runtime
+    from ..store import Store
 
 __all__ = ["SessionTimers"]
 
