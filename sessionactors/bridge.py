@@ -17,10 +17,13 @@ Frame kinds (``"t"``), actors -> gateway:
                                              records the route and sends the INIT answer
   ``detach`` {conn}                          conn is no longer attached
   ``reply`` {req, status, body}              answer to a gateway ``query``
+  ``init_done`` {conn}                       the INIT's replay is sent (openhands mode: the
+                                             gateway repeats the token frame after it)
 gateway -> actors:
   ``init``/``disconnect``/``action``/``query`` to the supervisor link,
   ``action`` to a session link, ``positions`` {conns: {conn: last_id}} in answer
-  to a session's ``hello`` with ``resume``.
+  to a session's ``hello`` with ``resume``. A ``query`` whose ``op`` is in ``FILE_OPS``
+  (with ``path`` and ``data``) goes on to the session actor, which replies itself.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["encode", "FrameReader", "Link", "Outbox", "LinkOutbox", "CallbackOutbox", "MAX_FRAME"]
+__all__ = ["encode", "FrameReader", "Link", "Outbox", "LinkOutbox", "CallbackOutbox", "MAX_FRAME", "FILE_OPS"]
 
 MAX_FRAME = 64 * 1024 * 1024
+# Workspace queries the supervisor forwards to the session actor: query op -> FileRequest op.
+FILE_OPS = {
+    "list_files": "list",
+    "read_file": "read",
+    "list_tree": "tree",
+    "save_file": "save",
+    "upload_file": "upload",
+    "zip_workspace": "zip",
+}
 _HEADER = struct.Struct(">I")
 
 

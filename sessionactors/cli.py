@@ -38,6 +38,7 @@ _FLAGS = {
     "admin_port": "admin_port",
     "runtime": "runtime",
     "log_level": "log_level",
+    "web_client": "web_client",
 }
 
 
@@ -54,6 +55,9 @@ def _common(p: argparse.ArgumentParser, serving: bool) -> None:
         p.add_argument("--admin-port", help="Thespian admin port (default 19500)")
         p.add_argument("--runtime", help="runtime name (local, echo, or an installed plugin)")
         p.add_argument("--log-level", help="debug, info, warning or error")
+        p.add_argument(
+            "--web-client", help="serve this built single-page client at / (console moves to /console/)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,6 +93,16 @@ class Config:
     link_wait: float = 10.0
     log_json: bool = False
     log_level: str = "info"
+    # The OpenHands frontend (docs/protocol.md, "The OpenHands frontend (Dec 2024)")
+    web_client: Path | None = None
+    openhands_compat: str = "auto"
+    secret_arg_patterns: tuple[str, ...] = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*")
+    max_inits_per_connection: int = 10
+    upload_max_file_bytes: int = 10_000_000
+    upload_max_files: int = 100
+    options_models: tuple[str, ...] = ()
+    options_agents: tuple[str, ...] = ()
+    options_security_analyzers: tuple[str, ...] = ()
 
     def validate(self) -> Config:
         """Raise ConfigError for the first invalid value; return self."""
@@ -162,6 +172,15 @@ class Config:
                 "max_field_bytes",
                 f"must not exceed max_frame_bytes ({self.max_frame_bytes}); it is {self.max_field_bytes}",
             )
+        if self.openhands_compat not in ("auto", "on", "off"):
+            raise ConfigError("openhands_compat", "must be auto, on or off")
+        if self.web_client is not None and not (self.web_client / "index.html").is_file():
+            raise ConfigError(
+                "web_client", f"{str(self.web_client)!r} has no index.html (a built single-page app)"
+            )
+        for key in ("max_inits_per_connection", "upload_max_file_bytes", "upload_max_files"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "must be > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "must be debug, info, warning or error")
         return self
@@ -171,13 +190,24 @@ class Config:
         raw = dataclasses.asdict(self)
         raw["data_dir"] = str(self.data_dir)
         raw["github_allowlist"] = str(self.github_allowlist) if self.github_allowlist else None
-        raw["cors_origins"] = list(self.cors_origins)
+        raw["web_client"] = str(self.web_client) if self.web_client else None
+        for key, value in raw.items():
+            if isinstance(value, tuple):
+                raw[key] = list(value)
         return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: str) -> Config:
         """The inverse of ``to_json``."""
         return _from_json(text)
+
+    @property
+    def openhands_mode(self) -> bool:
+        """Agent-state events and xterm-ready terminal output (``openhands_compat``; auto: on
+        when a ``web_client`` is served)."""
+        return self.openhands_compat == "on" or (
+            self.openhands_compat == "auto" and self.web_client is not None
+        )
 
     @property
     def run_dir(self) -> Path:

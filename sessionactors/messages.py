@@ -74,6 +74,8 @@ class Init:
     args: dict[str, Any] = field(default_factory=dict)
     latest_event_id: int = -1
     token_version: int = 0
+    secrets: dict[str, Any] = field(default_factory=dict, repr=False)
+    """INIT args that are secrets (``secret_arg_patterns``): never stored, never logged."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class Attach:
     """The session it is for: an actor recycled for another session bounces it back."""
     seq: int = 0
     """The supervisor's routing order (see ``Detach.seq``)."""
+    secrets: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The INIT's secrets, for the runtime's memory only (``RuntimeContext.secrets``)."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,8 @@ class ShutdownDone:
 
 @dataclass(frozen=True)
 class FileRequest:
-    """Supervisor -> session actor: a REST read of the workspace (``op`` ``list`` or ``read``).
+    """Supervisor -> session actor: REST access to the workspace (``op``: ``list``, ``read``,
+    ``tree``, ``save``, ``upload`` or ``zip``; see ``actors/workspace.py``).
 
     The session answers on its bridge link with a ``reply`` frame carrying ``req``.
     """
@@ -232,6 +237,8 @@ class FileRequest:
     req: int
     op: str
     path: str
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What a write carries (``save``: ``content``; ``upload``: ``content_b64``)."""
 
 
 @dataclass(frozen=True)

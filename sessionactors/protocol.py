@@ -7,6 +7,7 @@ does I/O.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from .errors import ActionError
 
 __all__ = [
     "ACTIONS",
+    "AGENT_STATES",
+    "REQUESTABLE_STATES",
+    "Arg",
+    "split_secrets",
     "InitRequest",
     "parse_init",
     "parse_action",
@@ -27,13 +32,56 @@ __all__ = [
 
 NOT_ATTACHED = "Not attached to a session; send initialize first"
 
-# action name -> {arg name: (types, required)}
-ACTIONS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "message": {"content": ((str,), True)},
-    "run": {"command": ((str,), True), "timeout": ((int, float), False)},
-    "read": {"path": ((str,), True)},
-    "write": {"path": ((str,), True), "content": ((str,), True)},
-}
+# The agent states of the OpenHands client (``src/types/agent-state.ts``, Dec 2024).
+AGENT_STATES = frozenset(
+    {
+        "loading", "init", "running", "awaiting_user_input", "paused", "stopped", "finished",
+        "rejected", "error", "awaiting_user_confirmation", "user_confirmed", "user_rejected",
+    }
+)  # fmt: skip
+# What ``change_agent_state`` may ask for: the states a user sets (the others are reported).
+REQUESTABLE_STATES = frozenset({"running", "paused", "stopped", "user_confirmed", "user_rejected"})
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an action: its JSON kind, whether it is required, and its check."""
+
+    kind: str  # "str", "number", "bool", "str_list"
+    required: bool = False
+    choices: frozenset[str] | None = None
+
+
+# action name -> {arg name: spec}. Args not named here are accepted and dropped (a later
+# client may send more); the ones named keep strict types.
+ACTIONS: dict[str, dict[str, Arg]] = {
+    "message": {"content": Arg("str", True), "image_urls": Arg("str_list"), "timestamp": Arg("str")},
+    "run": {"command": Arg("str", True), "timeout": Arg("number"), "hidden": Arg("bool"),
+            "thought": Arg("str")},
+    "read": {"path": Arg("str", True)},
+    "write": {"path": Arg("str", True), "content": Arg("str", True)},
+    "change_agent_state": {"agent_state": Arg("str", True, REQUESTABLE_STATES)},
+}  # fmt: skip
+_KIND_NAMES = {"str": "a string", "number": "a number", "bool": "a boolean", "str_list": "a list of strings"}
+
+
+def _check_arg(name: str, key: str, spec: Arg, value: Any) -> None:
+    kind = spec.kind
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            raise ActionError(f"args.{key} must be finite")
+    elif kind == "str_list":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ActionError(f"args.{key} must be {_KIND_NAMES[kind]}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ActionError(f"args.{key} of '{name}' must be one of {', '.join(sorted(spec.choices))}")
+
 
 _INIT_KEYS = {"action", "args", "token", "github_token", "latest_event_id"}
 
@@ -120,21 +168,13 @@ def parse_action(payload: Any, max_field: int = 256_000) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ActionError("'args' must be an object")
     clean: dict[str, Any] = {}
-    for key, (types, required) in spec.items():
+    for key, arg in spec.items():
         if key not in args:
-            if required:
+            if arg.required:
                 raise ActionError(f"'{name}' needs args.{key}")
             continue
-        value = args[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            kind = "a string" if types == (str,) else "a number"
-            raise ActionError(f"args.{key} must be {kind}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ActionError(f"args.{key} must be finite")
-        clean[key] = value
-    unknown = set(args) - set(spec)
-    if unknown:
-        raise ActionError(f"unknown arg(s) for '{name}': {', '.join(sorted(map(str, unknown)))[:200]}")
+        _check_arg(name, key, arg, args[key])
+        clean[key] = args[key]
     if "timeout" in clean and not 0 < clean["timeout"] <= 24 * 3600:
         raise ActionError("args.timeout must be between 0 and 86400 seconds")
     _check_field_sizes(clean, max_field, "args.")
@@ -150,6 +190,25 @@ def action_event_fields(action: dict[str, Any]) -> dict[str, Any]:
         message = f"Running command: {args['command']}"
     elif name == "read":
         message = f"Reading file: {args['path']}"
-    else:
+    elif name == "write":
         message = f"Writing file: {args['path']}"
+    else:
+        message = f"Changing agent state to {args['agent_state']}"
     return {"source": "user", "message": message, "action": name, "args": dict(args)}
+
+
+def split_secrets(args: dict[str, Any], patterns: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """INIT ``args`` split into (settings to store, secrets to hold in memory only).
+
+    A key is a secret when it matches one of ``patterns`` (shell-style, case-insensitive)
+    or is ``LLM_API_KEY``; secrets never reach the store, a log line or another tab.
+    """
+    kept: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+    for key, value in args.items():
+        upper = str(key).upper()
+        if upper == "LLM_API_KEY" or any(fnmatch.fnmatchcase(upper, p.upper()) for p in patterns):
+            secrets[key] = value
+        else:
+            kept[key] = value
+    return kept, secrets

@@ -359,7 +359,9 @@ ACTION_ERRORS: dict[str, Any] = {
     "missing_content": {"action": "message", "args": {}},
     "missing_args": {"action": "write"},
     "write_missing_content": {"action": "write", "args": {"path": "a.txt"}},
-    "unknown_arg": {"action": "message", "args": {"content": "x", "colour": 1}},
+    # An unknown arg is accepted and dropped (the OpenHands client wins); a known one keeps its type.
+    "image_urls_not_a_list": {"action": "message", "args": {"content": "x", "image_urls": "a.png"}},
+    "hidden_not_a_bool": {"action": "run", "args": {"command": "ls", "hidden": 1}},
     "unknown_field": {"action": "message", "args": {"content": "x"}, "colour": 1},
     "empty_command": {"action": "run", "args": {"command": "  "}},
     "path_outside_workspace": {"action": "read", "args": {"path": "../../etc/passwd"}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..bridge import LinkOutbox
+from ..bridge import FILE_OPS, LinkOutbox
 from ..messages import Action, Init, Query
 from ..protocol import error_frame
 
@@ -77,13 +77,14 @@ class GatewayLink:
                         frame.get("args") or {},
                         frame.get("latest_event_id", -1),
                         int(frame.get("token_version") or 0),
+                        frame.get("secrets") or {},
                     )
                 )
             elif kind == "disconnect":
                 self._on_disconnect(frame["conn"])
             elif kind == "action":
                 self._on_action(Action(frame["conn"], frame["session_id"], frame["action"]))
-            elif kind == "query" and frame.get("op") in ("list_files", "read_file"):
+            elif kind == "query" and frame.get("op") in FILE_OPS:
                 self._on_file_query(frame)
             elif kind == "query":
                 status, body = self._on_query(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
+from ..bridge import FILE_OPS
 from ..messages import FileRequest, Query
 from ..protocol import error_frame, status_update
 from .registry import Entry
@@ -59,8 +60,11 @@ class SessionQueries:
             return
         if entry.state == "failed":
             entry.restarts.clear()
-        op = "list" if frame["op"] == "list_files" else "read"
-        self._deliver(entry, FileRequest(int(frame["req"]), op, str(frame.get("path") or ".")))
+        data = frame.get("data")
+        data = data if isinstance(data, dict) else {}
+        self._deliver(
+            entry, FileRequest(int(frame["req"]), FILE_OPS[frame["op"]], str(frame.get("path") or "."), data)
+        )
 
     def _info(self, session_id: str) -> dict[str, Any] | None:
         assert self.store is not None

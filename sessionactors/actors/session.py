@@ -51,7 +51,9 @@ from ..messages import (
 from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
 from ..runtimes.base import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
 from ..store import Store, open_store
+from .agentstate import AgentStates
 from .passivation import SessionTimers
+from .workspace import WorkspaceFiles
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]
 
@@ -65,7 +67,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
+class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: ignore[misc]
     """One live session: numbers, stores and fans out its events; drives its runtime."""
 
     def __init__(self) -> None:
@@ -80,6 +82,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         self.incarnation = 0
         self.created = False
         self.conns: dict[str, None] = {}
+        self.secrets: dict[str, Any] = {}  # INIT args that are secrets: memory only (RuntimeContext)
         self.conn_seq: dict[str, int] = {}  # conn -> seq of the last Attach/Detach applied
         self.next_id = 0
         self.generation = 0
@@ -124,6 +127,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
             if msg.seq and msg.seq < self.conn_seq.get(msg.conn_id, 0):
                 return self._watch()  # a Detach decided after it was applied first: stale
             self.conn_seq[msg.conn_id] = msg.seq
+            self.secrets.update(msg.secrets)
             if msg.restarted:
                 self._send_to([msg.conn_id], [status_update("SESSION_RESTARTED", RESTARTED_WHY)])
             self._attach(msg.conn_id, msg.latest_event_id, msg.token_version, answer=True)
@@ -171,6 +175,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         self.queue.clear()
         self.passivate_when_idle = False
         self.started = False
+        self._reset_agent_state()
         self.session_id = msg.session_id
         self.incarnation = msg.incarnation
         self.created = msg.created
@@ -187,6 +192,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
             options=dict(self.cfg.runtime_options),
             state=dict(record.runtime_state),
             args=dict(record.args),
+            secrets=self.secrets,
         )
         self.runtime = load_runtime(self.cfg.runtime)(ctx)
         self.state = "live"
@@ -273,6 +279,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         if not self.created:
             self._send_to([conn], [status_update("REHYDRATING", "Restoring the session")])
         self._send_to([conn], [status_update("STARTING_RUNTIME", "Starting the runtime")])
+        self._agent_state("loading")
         try:
             outputs = self.runtime.start()
         except RuntimeStartError as exc:
@@ -287,6 +294,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         return True
 
     def _fail_runtime(self, conns: list[str], why: str) -> None:
+        self._agent_state("error")
         self._send_to(conns, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
 
     def _detach(self, conn: str) -> None:
@@ -302,6 +310,9 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         if conn not in self.conns or self.runtime is None:
             self._send_to([conn], [error_frame(NOT_ATTACHED, 400)])
             return
+        if action["action"] == "change_agent_state":  # the session's own action, never queued
+            self._change_agent_state(action)
+            return
         try:
             self.runtime.validate(action)
         except ActionError as exc:
@@ -315,6 +326,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
             )
             self._send_to([conn], [error_frame("The action could not be stored; try again", 503)])
             return
+        self._note_action(event)
         self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
         if self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
@@ -323,6 +335,7 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
 
     def _begin(self, event: dict[str, Any]) -> None:
         assert self.runtime is not None
+        self._agent_busy()
         try:
             outputs = self.runtime.begin(event)
         except ActionError as exc:  # refused at run time (e.g. a path that changed meaning)
@@ -354,12 +367,14 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
         assert self.runtime is not None
         while self.queue and self.runtime.ready and not self.runtime.busy:
             self._begin(self.queue.popleft())
+        self._agent_progress()
         if self.passivate_when_idle and not self.runtime.busy and not self.queue and not self.conns:
             self._passivate()
 
     def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Number, store (durably) and then send events to every connection."""
         assert self.store is not None and self.session_id is not None
+        fields_list = self._shape(fields_list)
         stamp = _now_iso()
         events = []
         for i, fields in enumerate(fields_list):
@@ -384,23 +399,6 @@ class SessionActor(SessionTimers, Actor):  # type: ignore[misc]
             log.warning(
                 "session %s: gateway unreachable, frame dropped (events stay stored)", self.session_id
             )
-
-    def _on_file_request(self, msg: FileRequest) -> None:
-        """REST access to the workspace, confined like ``read``; answered on the bridge."""
-        assert self.runtime is not None
-        body: Any
-        try:
-            if msg.op == "list":
-                status, body = 200, self.runtime.list_files(msg.path)
-            else:
-                status, body = 200, {"path": msg.path, "content": self.runtime.read_file(msg.path)}
-        except ActionError as exc:
-            status, body = 400, {"error": str(exc)}
-        except FileNotFoundError:
-            status, body = 404, {"error": f"No such file or directory: {msg.path}"}
-        except OSError as exc:
-            status, body = 400, {"error": f"Cannot read {msg.path}: {exc.strerror or exc}"}
-        self.outbox_send({"t": "reply", "req": msg.req, "status": status, "body": body})
 
     # -- bridge and timers --------------------------------------------------------
     def _on_watch(self, ready: list[int]) -> None:

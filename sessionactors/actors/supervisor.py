@@ -292,6 +292,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             entry.token_version,
             session_id=entry.session_id,
             seq=next(self.route_seq),
+            secrets=dict(msg.secrets),
         )
         entry.attaching[conn] = attach
         if created:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -63,7 +64,11 @@ class RuntimeContext:
     state: dict[str, Any] = field(default_factory=dict)
     """What ``state()`` returned before the last passivation; empty when new."""
     args: dict[str, Any] = field(default_factory=dict)
-    """The session settings sent with INIT."""
+    """The session settings sent with INIT (without its secrets)."""
+    secrets: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The INIT args that carry secrets (``secret_arg_patterns``): in memory only, never
+    stored or logged. The session updates this dict in place when a later INIT brings
+    new values, so read it when needed rather than copying it at start."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,12 @@ class Runtime(abc.ABC):
         """Restorable state (JSON-serialisable), saved with the session record."""
         return {}
 
+    def interrupt(self) -> list[Output]:
+        """Interrupt the running action as a Ctrl-C would (``change_agent_state`` to
+        ``stopped`` or ``paused``). Return what is known at once; the action still ends with
+        its observation, through ``poll``. Default: nothing to interrupt."""
+        return []
+
     # -- workspace access for the REST API (works whether or not the runtime is started) --
     def _confine(self, path: str) -> Path:
         """``path`` resolved inside the workspace (symlinks followed), or PathEscape."""
@@ -229,6 +240,39 @@ class Runtime(abc.ABC):
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise ActionError(f"{path} is a binary file (not valid UTF-8)") from None
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Create or replace a workspace file (REST ``save-file``/``upload-files``); no symlink
+        is followed, missing directories are made."""
+        import stat
+
+        from ._files import open_beneath
+
+        target = self._confine(path)
+        root = self.ctx.workspace.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        fd = open_beneath(str(root), str(target.relative_to(root)), os.O_WRONLY | os.O_CREAT, make_dirs=True)
+        with os.fdopen(fd, "wb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ActionError(f"{path} is not a regular file")
+            fh.truncate(0)
+            fh.write(data)
+
+    def zip_workspace(self, dest: Path) -> None:
+        """Write the workspace as a zip archive to ``dest`` (REST ``zip-directory``), file by
+        file, without holding it in memory; symlinks and special files are left out."""
+        import zipfile
+
+        root = self.ctx.workspace.resolve()
+        with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
+            if not root.is_dir():
+                return
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
+                for name in sorted(files):
+                    full = os.path.join(folder, name)
+                    if os.path.isfile(full) and not os.path.islink(full):
+                        archive.write(full, os.path.relpath(full, root))
 
     @abc.abstractmethod
     def stop(self) -> None:

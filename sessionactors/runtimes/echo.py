@@ -15,6 +15,8 @@ window so that tests can send an INIT into it deterministically.
 from __future__ import annotations
 
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from ..errors import ActionError, PathEscape
@@ -92,6 +94,15 @@ class EchoRuntime(Runtime):
         command = event["args"]["command"]
         return [observation("run", "", event["id"], {"command": command, "exit_code": 0})]
 
+    def interrupt(self) -> list[Output]:
+        """A pending ``sleep`` ends at once, with exit code 130 as after a Ctrl-C."""
+        if self._pending is None:
+            return []
+        _, event = self._pending
+        self._pending = None
+        extras = {"command": event["args"]["command"], "exit_code": 130, "interrupted": True}
+        return [observation("run", "", event["id"], extras)]
+
     def list_files(self, path: str = ".") -> list[dict[str, Any]]:
         if path not in ("", "."):
             raise FileNotFoundError(path)
@@ -101,6 +112,16 @@ class EchoRuntime(Runtime):
         if path not in self._files:
             raise FileNotFoundError(path)
         return self._files[path]
+
+    def write_file(self, path: str, data: bytes) -> None:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise PathEscape(f"path {path!r} is outside the workspace")
+        self._files[path] = data.decode("utf-8", errors="replace")
+
+    def zip_workspace(self, dest: Path) -> None:
+        with zipfile.ZipFile(dest, "w") as archive:
+            for name, content in sorted(self._files.items()):
+                archive.writestr(name, content)
 
     def state(self) -> dict[str, Any]:
         return {"files": dict(self._files)}

@@ -101,6 +101,7 @@ class _Command:
     stage: int = 0  # 0 running, 1 interrupted, 2 its processes killed
     stage_at: float | None = None  # when to move to the next stage
     timed_out: bool = False
+    interrupted: bool = False  # by change_agent_state (stopped/paused), not by its timeout
 
 
 class LocalRuntime(Runtime):
@@ -275,12 +276,23 @@ class LocalRuntime(Runtime):
                 out.append(observation("run", cmd.reader.take_text(), cmd.cause, extras, "Command output"))
         return out
 
+    def interrupt(self) -> list[Output]:
+        """Ctrl-C the running command now: the timeout's path (SIGINT, then SIGKILL, then a
+        new shell), started early."""
+        cmd = self._cmd
+        if cmd is not None and self._shell is not None and cmd.stage == 0:
+            cmd.interrupted = True
+            self._shell.interrupt()
+            cmd.stage, cmd.stage_at = 1, time.monotonic() + self._opts.kill_grace
+        return []
+
     def _escalate(self, cmd: _Command, now: float) -> list[Output]:
         """The command's deadline passed: Ctrl-C, then SIGKILL, then a new shell."""
         assert self._shell is not None
         grace = self._opts.kill_grace
         if cmd.stage == 0:
             cmd.timed_out = True
+            cmd.interrupted = False
             self._shell.interrupt()
             cmd.stage, cmd.stage_at = 1, now + grace
         elif cmd.stage == 1:
@@ -297,6 +309,8 @@ class LocalRuntime(Runtime):
             self._cwd = self._relative(reader.cwd)
         extras: dict[str, Any] = {"command": cmd.command, "exit_code": reader.exit_code}
         text = reader.finish()
+        if cmd.interrupted:
+            extras["interrupted"] = True
         if cmd.timed_out:
             extras["timed_out"] = True
             text += self._note(reader, text, f"command timed out after {cmd.timeout:g} s")
