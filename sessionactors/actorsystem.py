@@ -10,20 +10,29 @@ actor processes are forked from it and inherit the patch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from typing import Any
 
-from .errors import ActorSystemInUse
+from .errors import ActorSystemInUse, DaemonError
 from .logs import formatter_config
 
 __all__ = [
     "restrict_to_loopback",
     "pid_alive",
     "port_in_use",
+    "group_members",
+    "listening_pid",
+    "port_holder",
+    "port_error",
+    "check_port_free",
+    "leftover_actor_pids",
+    "end_processes",
     "start_system",
     "shutdown_system",
     "system_capabilities",
@@ -142,3 +151,117 @@ def shutdown_system(asys: Any, admin_port: int | None = None, timeout: float = 1
         return
     while port_in_use(admin_port) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# -- finding processes and ports through /proc ------------------------------------------
+def _stat_fields(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``: the actor system's, since Thespian's admin setsid()s."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = _stat_fields(entry)
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid holding the TCP listener on ``port`` (from /proc/net/tcp), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{cols[9]}]")
+        except OSError:
+            continue
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def port_holder(port: int) -> str:
+    """Who holds the TCP listener on ``port``: ``pid N (command line)`` when /proc tells."""
+    pid = listening_pid(port)
+    if pid is None:
+        return "another program (its process is not visible here)"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    if len(cmd) > 100:
+        cmd = cmd[:97] + "..."
+    return f"pid {pid} ({cmd})" if cmd else f"pid {pid}"
+
+
+def port_error(host: str, port: int, exc: OSError | None = None) -> str:
+    """The one-line message for a port that cannot be listened on."""
+    if exc is None or exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use by {port_holder(port)}; stop it or choose another --port"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise DaemonError when ``host:port`` cannot be bound the way the gateway binds it.
+
+    The gateway binds without ``SO_REUSEPORT``, so a second daemon (or any other program
+    listening there) makes the bind fail instead of sharing the port.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # an unresolvable host: the gateway reports it
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise DaemonError(port_error(host, port, exc)) from None
+
+
+def leftover_actor_pids(state: dict[str, Any] | None, admin_port: int, ip: str = "127.0.0.1") -> list[int]:
+    """The processes of an actor system a crashed daemon of this data dir left behind, or [].
+
+    Ours only when the admin port is held by a member of the process group that daemon
+    recorded (Thespian's admin setsid()s): a reused group id alone proves nothing.
+    """
+    if not port_in_use(admin_port, ip):
+        return []
+    pgid = int((state or {}).get("actor_pgid") or 0)
+    pids = group_members(pgid) if pgid > 1 else []
+    return pids if pids and listening_pid(admin_port) in pids else []
+
+
+def end_processes(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, until every pid is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(pid_alive(p) for p in pids):
+            return

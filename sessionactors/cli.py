@@ -1,10 +1,15 @@
-"""The ``sessionactors`` command: serve, start, stop, status, sessions, rotate-secret.
+"""The ``sessionactors`` command: serve, start, stop, status, logs, sessions, rotate-secret.
 
 ``serve`` runs the daemon in the foreground; ``start`` runs the same as a
-detached process (pid and log under ``<data_dir>/run``) and returns once
-``/api/health`` answers; ``stop`` ends it and waits; ``status`` and ``sessions``
-ask the running daemon (admin token) or, when none runs, read the store;
-``rotate-secret`` replaces ``<data_dir>/secret.key`` (a running daemon follows it).
+detached process (pid and log under ``<data_dir>/run``) and returns once *its own*
+daemon answers ``/api/health``; ``stop`` ends it and waits (or the actor system a
+crashed daemon left); ``status`` and ``sessions`` ask the running daemon (admin
+token) or, when none runs, read the store; ``logs`` prints (``-f`` follows) the
+daemon's log, which ``start`` rotates by size; ``rotate-secret`` replaces
+``<data_dir>/secret.key`` (a running daemon follows it).
+
+Exit codes: 0 success, 1 error, 2 usage; ``status`` exits 3 when no daemon runs and 1
+when a crashed daemon left its actor system running (the LSB conventions).
 """
 
 from __future__ import annotations
@@ -14,17 +19,29 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import Config, load_config
-from .daemon import Daemon, health_ok, pid_alive, read_state
+from .daemon import (
+    INSTANCE_ENV,
+    Daemon,
+    end_processes,
+    health_ok,
+    leftover_actor_pids,
+    pid_alive,
+    prepare_data_dir,
+    read_state,
+)
 from .errors import DaemonError, SessionActorsError
-from .logs import setup_logging
+from .logs import follow_log, print_log, setup_logging
 from .runtimes.base import load_runtime
 
 __all__ = ["main", "build_parser"]
@@ -60,18 +77,55 @@ def _common(p: argparse.ArgumentParser, serving: bool) -> None:
         )
 
 
+# (name, one-line help, description shown by ``<name> --help``): plain text, no markup.
+_COMMANDS = {
+    "serve": (
+        "run the daemon in the foreground",
+        "Run the daemon in the foreground until SIGINT or SIGTERM; it logs to stderr.",
+    ),
+    "start": (
+        "run the daemon detached",
+        "Run the daemon in the background and return once it answers on its port. Its pid and "
+        "log are in <data-dir>/run; the log, daemon.log, rotates by size (log_max_bytes, log_keep).",
+    ),
+    "stop": (
+        "stop the running daemon",
+        "Stop the daemon started with start (SIGTERM, then wait). When a crashed daemon left its "
+        "actor system running, end that instead.",
+    ),
+    "status": (
+        "show the daemon and its sessions",
+        "Show whether the daemon runs and list its sessions. Exits 0 when it runs, 3 when it does "
+        "not, 1 when a crashed daemon left its actor system running.",
+    ),
+    "logs": ("print the daemon's log", "Print the log of the daemon started with start; -f follows it."),
+    "sessions": (
+        "list, show or delete sessions",
+        "List sessions, show one, or delete one (its events and workspace). A session id may be "
+        "abbreviated to any unique prefix.",
+    ),
+    "rotate-secret": (
+        "sign new session tokens with a new secret",
+        "Replace <data-dir>/secret.key. New tokens use the new secret; tokens signed with the "
+        "previous one keep working until the next rotation.",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessionactors", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "run the daemon in the foreground"), ("start", "run the daemon detached")):
-        _common(sub.add_parser(name, help=text), serving=True)
-    for name, text in (("stop", "stop the running daemon"), ("status", "show the daemon and its sessions")):
-        _common(sub.add_parser(name, help=text), serving=False)
-    sessions = sub.add_parser("sessions", help="list, show or delete sessions")
-    _common(sessions, serving=False)
-    sessions.add_argument("action", choices=["list", "show", "delete"])
-    sessions.add_argument("session_id", nargs="?")
-    _common(sub.add_parser("rotate-secret", help="sign new session tokens with a new secret"), serving=False)
+    parser.add_argument("--version", action="version", version=f"sessionactors {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {
+        name: sub.add_parser(name, help=text, description=description)
+        for name, (text, description) in _COMMANDS.items()
+    }
+    for name, p in parsers.items():
+        _common(p, serving=name in ("serve", "start"))
+    parsers["logs"].add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
+    parsers["logs"].add_argument("-n", "--lines", type=int, help="print only the last N lines")
+    parsers["sessions"].add_argument("action", choices=["list", "show", "delete"])
+    parsers["sessions"].add_argument("session_id", nargs="?", help="a session id or a unique prefix of one")
     return parser
 
 
@@ -117,29 +171,93 @@ def _start(cfg: Config, argv: list[str]) -> int:
     if state and pid_alive(int(state["pid"])):
         print(f"already running (pid {state['pid']})", file=sys.stderr)
         return 1
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(cfg)
     log_path = cfg.run_dir / "daemon.log"
+    instance = secrets.token_hex(8)
+    env = {**os.environ, INSTANCE_ENV: instance}
     serve_argv = [sys.executable, "-m", "sessionactors.cli", "serve", *argv]
-    with open(log_path, "ab") as log_file:
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    # The daemon, its gateway and its actors write to one pipe; a writer process appends it
+    # to daemon.log and rotates the file by size (it ends when the last of them has exited).
+    read_end, write_end = os.pipe()
+    writer_argv = [
+        sys.executable,
+        "-m",
+        "sessionactors.logs",
+        str(log_path),
+        str(cfg.log_max_bytes),
+        str(cfg.log_keep),
+    ]
+    subprocess.Popen(writer_argv, stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+    os.close(read_end)
+    try:
         proc = subprocess.Popen(
-            serve_argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+            serve_argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            env=env,
+            start_new_session=True,
         )
+    finally:
+        os.close(write_end)
     deadline = time.monotonic() + 60
-    while not health_ok(_url_host(cfg.host), cfg.port):
+    while not health_ok(_url_host(cfg.host), cfg.port, instance=instance):
         if proc.poll() is not None or time.monotonic() > deadline:
-            print(f"the daemon did not start; see {log_path}", file=sys.stderr)
             if proc.poll() is None:
                 proc.terminate()
+                proc.wait(30)
+                print(f"the daemon did not answer within 60 s; see {log_path}", file=sys.stderr)
+            else:
+                print(_failure_line(log_path, offset), file=sys.stderr)
             return 1
         time.sleep(0.1)
     print(f"sessionactors running on http://{cfg.host}:{cfg.port} (pid {proc.pid}, log {log_path})")
     return 0
 
 
+def _failure_line(log_path: Path, offset: int) -> str:
+    """What the failed daemon said (its last ``sessionactors:`` line), or where to look."""
+    deadline = time.monotonic() + 5  # the log writer may still be appending the last lines
+    while True:
+        try:
+            with open(log_path, "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        said = [line for line in lines if line.startswith("sessionactors: ")]
+        if said:
+            return said[-1]
+        if time.monotonic() > deadline:
+            return f"the daemon did not start; see {log_path}"
+        time.sleep(0.05)
+
+
+def _leftovers(cfg: Config, state: dict[str, Any] | None) -> list[int]:
+    """The actor system a crashed daemon of this data dir left running (pids), or []."""
+    if not state:
+        return []
+    return leftover_actor_pids(state, int(state.get("admin_port") or cfg.admin_port), cfg.actor_ip)
+
+
 def _stop(cfg: Config) -> int:
     state = read_state(cfg)
     if not state or not pid_alive(int(state["pid"])):
-        print("not running")
+        orphans = _leftovers(cfg, state)
+        if not orphans:
+            print("not running")
+            return 0
+        print(f"the daemon (pid {state and state['pid']}) is gone but left its actor system running "
+              f"({len(orphans)} processes): ending it")  # fmt: skip
+        end_processes(orphans)
+        for name in ("daemon.json", "admin.token"):
+            (cfg.run_dir / name).unlink(missing_ok=True)
+        left = [p for p in orphans if pid_alive(p)]
+        if left:
+            print(f"could not end pids {left}", file=sys.stderr)
+            return 1
+        print("stopped the leftover actor system")
         return 0
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
@@ -201,11 +319,18 @@ def _sessions(cfg: Config) -> tuple[bool, list[dict[str, Any]]]:
         store.close()
 
 
+def _iso(value: Any) -> Any:
+    """An epoch time as ISO 8601 in UTC (seconds), anything else unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    return value
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = f"{'SESSION':32}  {'STATE':10}  {'CONNS':>5}  {'EVENTS':>7}  {'OWNER':12}  LAST ACTIVE"
     lines = [head]
     for r in rows:
-        when = datetime.fromtimestamp(r.get("last_active") or 0).strftime("%Y-%m-%d %H:%M:%S")
+        when = _iso(r.get("last_active") or 0) or "-"
         lines.append(
             f"{r['session_id']:32}  {r['state']:10}  {r['connections']:>5}  {r['last_event_id'] + 1:>7}  "
             f"{(r.get('owner_login') or '-'):12}  {when}"
@@ -215,15 +340,24 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _status(cfg: Config) -> int:
     running, rows = _sessions(cfg)
-    state = read_state(cfg) if running else None
-    if state:
+    state = read_state(cfg)
+    code = 0
+    if running and state:
         print(f"daemon: running (pid {state['pid']}) on http://{state['host']}:{state['port']}")
     else:
-        print(f"daemon: not running (data dir {cfg.data_dir})")
+        orphans = _leftovers(cfg, state)
+        if orphans:
+            code = 1
+            print(f"daemon: not running, but the crashed daemon (pid {state and state['pid']}) left its actor "
+                  f"system running ({len(orphans)} processes, pids {' '.join(map(str, orphans))}); "
+                  "'sessionactors stop' ends it")  # fmt: skip
+        else:
+            code = 3
+            print(f"daemon: not running (data dir {cfg.data_dir})")
     live = sum(1 for r in rows if r["state"] == "live")
     print(f"sessions: {live} live, {len(rows) - live} other\n")
     print(_table(rows))
-    return 0
+    return code
 
 
 def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
@@ -234,12 +368,19 @@ def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
         print(f"sessions {action} needs a session id", file=sys.stderr)
         return 2
     running, rows = _sessions(cfg)
-    match = [r for r in rows if r["session_id"] == session_id]
+    match = [r for r in rows if r["session_id"] == session_id] or [
+        r for r in rows if r["session_id"].startswith(session_id)
+    ]
     if not match:
         print(f"no session {session_id}", file=sys.stderr)
         return 1
+    if len(match) > 1:
+        print(f"{session_id} is the prefix of {len(match)} sessions; give more of the id", file=sys.stderr)
+        return 1
+    session_id = match[0]["session_id"]
     if action == "show":
-        print(json.dumps(match[0], indent=2))
+        shown = {k: _iso(v) if k in _TIMES else v for k, v in match[0].items()}
+        print(json.dumps(shown, indent=2))
         return 0
     if running:
         state = read_state(cfg) or {}
@@ -255,6 +396,9 @@ def _sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
         shutil.rmtree(cfg.workspaces_dir / session_id, ignore_errors=True)
     print(f"deleted {session_id}")
     return 0
+
+
+_TIMES = frozenset({"last_active", "created_at"})  # epoch seconds shown as ISO 8601 by `sessions show`
 
 
 def _rotate_secret(cfg: Config) -> int:
@@ -290,6 +434,17 @@ def _rotate_secret(cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code. A closed stdout (``status | head -2``) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away: no traceback, and none when Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by it
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -306,10 +461,26 @@ def main(argv: list[str] | None = None) -> int:
             return _status(cfg)
         if args.command == "rotate-secret":
             return _rotate_secret(cfg)
+        if args.command == "logs":
+            return _logs(cfg, args.follow, args.lines)
         return _sessions_cmd(cfg, args.action, args.session_id)
     except SessionActorsError as exc:
         print(f"sessionactors: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130 if args.command != "logs" else 0
+
+
+def _logs(cfg: Config, follow: bool, lines: int | None) -> int:
+    path = cfg.run_dir / "daemon.log"
+    if not path.exists() and not follow:
+        print(f"sessionactors: no log at {path} (it is written by 'sessionactors start')", file=sys.stderr)
+        return 1
+    out = sys.stdout.buffer
+    reached = print_log(path, out, lines) if path.exists() else 0
+    if follow:
+        follow_log(path, out, reached)
+    return 0
 
 
 if __name__ == "__main__":

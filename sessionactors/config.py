@@ -103,6 +103,8 @@ class Config:
     options_models: tuple[str, ...] = ()
     options_agents: tuple[str, ...] = ()
     options_security_analyzers: tuple[str, ...] = ()
+    log_max_bytes: int = 10_000_000
+    log_keep: int = 5
 
     def validate(self) -> Config:
         """Raise ConfigError for the first invalid value; return self."""
@@ -164,6 +166,7 @@ class Config:
             "max_live_sessions",
             "rate_burst",
             "send_buffer",
+            "log_max_bytes",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be > 0")
@@ -181,6 +184,8 @@ class Config:
         for key in ("max_inits_per_connection", "upload_max_file_bytes", "upload_max_files"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be > 0")
+        if self.log_keep < 0:
+            raise ConfigError("log_keep", "must be >= 0 (0: keep no rotated file)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "must be debug, info, warning or error")
         return self

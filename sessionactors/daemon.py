@@ -24,12 +24,43 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .actorsystem import pid_alive, port_in_use, shutdown_system, start_system
+from .actorsystem import (
+    _stat_fields,
+    check_port_free,
+    end_processes,
+    group_members,
+    leftover_actor_pids,
+    listening_pid,
+    pid_alive,
+    port_error,
+    port_holder,
+    port_in_use,
+    shutdown_system,
+    start_system,
+)
 from .config import Config
-from .errors import ActorSystemInUse, DaemonError
-from .messages import Configure, Configured, Shutdown, ShutdownDone
+from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError
+from .messages import Configure, Configured, GatewayStopping, Shutdown, ShutdownDone
 
-__all__ = ["Daemon", "read_state", "pid_alive", "descendants", "group_members", "listening_pid", "health_ok"]
+__all__ = [
+    "Daemon",
+    "INSTANCE_ENV",
+    "INSTANCE_HEADER",
+    "read_state",
+    "pid_alive",
+    "descendants",
+    "group_members",
+    "listening_pid",
+    "port_holder",
+    "check_port_free",
+    "prepare_data_dir",
+    "leftover_actor_pids",
+    "end_processes",
+    "health_ok",
+]
+
+INSTANCE_ENV = "_SA_INSTANCE"  # set by `start` for its daemon; the gateway answers it on /api/health
+INSTANCE_HEADER = "X-Sessionactors-Instance"
 
 log = logging.getLogger("sessionactors.daemon")
 
@@ -53,56 +84,45 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _stat_fields(pid: int | str) -> list[str]:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``: the actor system's, since Thespian's admin setsid()s."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = _stat_fields(entry)
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def listening_pid(port: int) -> int | None:
-    """The pid holding the TCP listener on ``port`` (from /proc/net/tcp), or None."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def prepare_data_dir(cfg: Config) -> None:
+    """Create the data directory and its parts (mode 0700), or DaemonError in one line saying why."""
+    for d in (cfg.data_dir, cfg.run_dir, cfg.workspaces_dir):
         try:
-            with open(table) as fh:
-                next(fh)
-                for line in fh:
-                    cols = line.split()
-                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{cols[9]}]")
-        except OSError:
-            continue
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
-                    return int(entry)
-        except OSError:
-            continue
-    return None
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        except OSError as exc:
+            raise DaemonError(
+                f"cannot use the data directory {cfg.data_dir}: {_why_not_a_dir(d, exc)}"
+            ) from None
+    probe = cfg.run_dir / f".probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DaemonError(
+            f"cannot use the data directory {cfg.data_dir}: cannot write in it ({exc.strerror})"
+        ) from None
 
 
-def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when ``/api/health`` answers 200."""
+def _why_not_a_dir(path: Path, exc: OSError) -> str:
+    """What is in the way of directory ``path``: a file on the way, or the system's reason."""
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            break
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def health_ok(host: str, port: int, timeout: float = 2.0, instance: str | None = None) -> bool:
+    """True when ``/api/health`` answers 200 (and, with ``instance``, from that daemon)."""
     import urllib.request  # here: actor processes fork from this one; keep ssl (~5 MB) out of them
 
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/api/health", timeout=timeout) as resp:
+            if instance is not None and resp.headers.get(INSTANCE_HEADER) != instance:
+                return False  # another daemon answers on this port
             return bool(resp.status == 200)
     except OSError:
         return False
@@ -114,20 +134,6 @@ def read_state(cfg: Config) -> dict[str, Any] | None:
         return dict(json.loads((cfg.run_dir / "daemon.json").read_text()))
     except (OSError, ValueError):
         return None
-
-
-def _kill(pids: list[int], grace: float = 3.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not any(pid_alive(p) for p in pids):
-            return
 
 
 class Daemon:
@@ -143,12 +149,12 @@ class Daemon:
         self.gateway_restarts = 0
         self.actor_pgid = 0
         self.owns_run_dir = False
+        # Answered on /api/health, so that `start` knows its own daemon from another one.
+        self.instance = os.environ.pop(INSTANCE_ENV, "") or secrets.token_hex(8)
 
     # -- start-up ------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
-        for d in (self.cfg.data_dir, self.cfg.run_dir, self.cfg.workspaces_dir):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
+        prepare_data_dir(self.cfg)
         path = self.cfg.run_dir / "bridge.sock"
         if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
             path = Path(tempfile.mkdtemp(prefix="sa-")) / "bridge.sock"
@@ -161,16 +167,14 @@ class Daemon:
             raise DaemonError(f"a daemon is already running for {self.cfg.data_dir} (pid {state['pid']})")
         if not port_in_use(self.cfg.admin_port, self.cfg.actor_ip):
             return
-        pgid = int((state or {}).get("actor_pgid") or 0)
-        holder = listening_pid(self.cfg.admin_port)
-        pids = group_members(pgid) if pgid > 1 else []
-        if not pids or holder not in pids:
+        pids = leftover_actor_pids(state, self.cfg.admin_port, self.cfg.actor_ip)
+        if not pids:
             raise ActorSystemInUse(
-                f"admin port {self.cfg.admin_port} is held by an actor system this data directory did not start"
-                f" (pid {holder}); stop it or set another admin_port"
+                f"admin port {self.cfg.admin_port} is held by {port_holder(self.cfg.admin_port)}, not by an"
+                " actor system this data directory started; stop it or set another admin_port"
             )
         log.warning("reclaiming a leftover actor system of a crashed daemon: pids %s", pids)
-        _kill(pids)
+        end_processes(pids)
         deadline = time.monotonic() + 10
         while port_in_use(self.cfg.admin_port, self.cfg.actor_ip) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -183,6 +187,7 @@ class Daemon:
             "admin_port": self.cfg.admin_port,
             "actor_pgid": self.actor_pgid,
             "started": time.time(),
+            "instance": self.instance,
         }
         tmp = self.cfg.run_dir / "daemon.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -200,6 +205,7 @@ class Daemon:
 
         self._prepare_dirs()
         self._check_leftovers()
+        check_port_free(self.cfg.host, self.cfg.port)  # before anything starts: nothing to undo
         self.owns_run_dir = True
         self.asys = start_system(
             self.cfg.actor_base,
@@ -221,7 +227,9 @@ class Daemon:
         log.info("supervisor ready; %d stored session(s)", reply.sessions)
         self._start_gateway()
         deadline = time.monotonic() + 30
-        while not health_ok(self.cfg.host, self.cfg.port):
+        while not health_ok(self.cfg.host, self.cfg.port, instance=self.instance):
+            if self.gateway is not None and self.gateway.poll() == GATEWAY_BIND_FAILED:
+                raise DaemonError(port_error(self.cfg.host, self.cfg.port))
             if self.gateway is not None and self.gateway.poll() is not None:
                 raise DaemonError(f"the gateway exited with code {self.gateway.returncode} (see the log)")
             if time.monotonic() > deadline:
@@ -233,6 +241,7 @@ class Daemon:
         env = dict(os.environ)
         env["_SA_GATEWAY_CONFIG"] = self.cfg.to_json()
         env["_SA_BRIDGE"] = self.bridge_path
+        env[INSTANCE_ENV] = self.instance
         self.gateway = subprocess.Popen([sys.executable, "-m", "sessionactors.gateway"], env=env)
 
     # -- running -------------------------------------------------------------------
@@ -270,6 +279,11 @@ class Daemon:
     def stop(self) -> None:
         """Stop the gateway, then every session, then the actor system; leave no process behind."""
         if self.gateway is not None and self.gateway.poll() is None:
+            if self.asys is not None and self.supervisor is not None:
+                try:  # so that the supervisor logs the link it loses now as a clean stop
+                    self.asys.ask(self.supervisor, GatewayStopping(), 5)
+                except Exception:
+                    log.exception("telling the supervisor that the gateway stops failed")
             self.gateway.terminate()
             try:
                 self.gateway.wait(10)
@@ -292,7 +306,7 @@ class Daemon:
             alive = [p for p in leftover if pid_alive(p) and p != os.getpid()]
             if alive:
                 log.warning("ending %d actor process(es) left after shutdown", len(alive))
-                _kill(alive)
+                end_processes(alive)
         if not self.owns_run_dir:
             return  # start-up failed before we took the data dir: leave another daemon's files alone
         for name in ("daemon.json", "admin.token"):

@@ -27,6 +27,7 @@ or gateway that catches it can answer the sender with
 from __future__ import annotations
 
 __all__ = [
+    "GATEWAY_BIND_FAILED",
     "SessionActorsError",
     "ConfigError",
     "DaemonError",
@@ -44,6 +45,10 @@ __all__ = [
     "GitHubUnavailable",
     "Forbidden",
 ]
+
+
+GATEWAY_BIND_FAILED = 3
+"""Exit status of the gateway process when it cannot listen on its port (the daemon says why)."""
 
 
 class SessionActorsError(Exception):

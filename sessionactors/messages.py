@@ -28,6 +28,7 @@ __all__ = [
     "Bounced",
     "Query",
     "QueryReply",
+    "GatewayStopping",
     "Shutdown",
     "ShutdownDone",
     "FileRequest",
@@ -212,6 +213,12 @@ class QueryReply:
     req: int
     status: int
     body: Any
+
+
+@dataclass(frozen=True)
+class GatewayStopping:
+    """Launcher -> supervisor (and its answer): the gateway is being stopped on purpose, so
+    losing its link is expected (logged at INFO, not as a failure)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ runtime's Ctrl-C, then SIGKILL, path).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import action_event_fields
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from ..runtimes.base import Output, Runtime
 
 __all__ = ["AgentStates", "agent_state_fields"]
+
+log = logging.getLogger("sessionactors.session")
 
 _INTERRUPTING = ("stopped", "paused")
 
@@ -62,6 +65,7 @@ class AgentStates:
 
         def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
         def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None: ...
+        def _runtime_crashed(self, where: str, exc: Exception) -> None: ...
 
     agent_state: str | None = None
     hidden_causes: set[int]
@@ -108,7 +112,12 @@ class AgentStates:
         outputs: list[Output] = []
         if wanted in _INTERRUPTING:
             if self.runtime.busy:
-                outputs = self.runtime.interrupt()
+                try:
+                    outputs = self.runtime.interrupt()
+                except Exception as exc:  # a plugin's bug: answered like one in begin/poll
+                    log.exception("the runtime's interrupt() raised")
+                    self._runtime_crashed("interrupt", exc)
+                    return
             self._agent_state(wanted)
         elif wanted == "running":  # resume: nothing is paused at this layer but the state
             self._agent_state("running" if self.runtime.busy or self.queue else "awaiting_user_input")

@@ -32,6 +32,7 @@ class GatewayLink:
     if TYPE_CHECKING:
         outbox: Outbox | None
         stopping: bool
+        gateway_stopping: bool
         reconnect_armed: bool
         conn_session: dict[str, str]
 
@@ -51,7 +52,10 @@ class GatewayLink:
 
     def _on_link_lost(self) -> None:
         """The gateway is gone (EOF, or a failed send): its connections went with it."""
-        log.warning("supervisor: gateway link lost; detaching every connection")
+        if self.gateway_stopping:  # the daemon stops it: a clean stop
+            log.info("supervisor: gateway stopped; detaching every connection")
+        else:
+            log.warning("supervisor: gateway link lost; detaching every connection")
         for conn in list(self.conn_session):
             self._drop_conn(conn)
         self._arm_reconnect()

@@ -1,5 +1,6 @@
 """When a session actor stops: its wakeup timers (passivation after ``close_delay``, the
-runtime's deadlines, the metrics flush), passivation itself and shutdown.
+runtime's deadlines, the metrics flush), passivation itself and shutdown, and the exit of
+an incarnation whose runtime raised.
 
 A mixin of ``SessionActor`` (like ``lifecycle.py`` for the supervisor), kept apart so that
 ``session.py`` reads as what a live session does with its connections and events. The
@@ -14,7 +15,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
+
 from ..messages import Passivated
+from ..protocol import status_update
+from ..runtimes.base import error_observation
 
 if TYPE_CHECKING:
     from collections import deque
@@ -24,7 +29,9 @@ if TYPE_CHECKING:
     from ..runtimes.base import Output, Runtime
     from ..store import Store
 
-__all__ = ["SessionTimers"]
+__all__ = ["SessionTimers", "NOT_RUN"]
+
+NOT_RUN = "Not run: the runtime failed and the session is restarting"
 
 log = logging.getLogger("sessionactors.session")
 
@@ -50,11 +57,16 @@ class SessionTimers:
         samples: dict[str, Any]
         samples_flushed: float
         samples_armed: bool
+        running: int | None
+        crashed: bool
+        myAddress: Any
 
         def send(self, target: Any, msg: Any) -> None: ...
         def wakeupAfter(self, timePeriod: float, payload: Any = None) -> None: ...
         def outbox_send(self, frame: dict[str, Any]) -> None: ...
         def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None: ...
+        def _send_to(self, conns: list[str], payloads: list[dict[str, Any]]) -> None: ...
+        def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
     def _report_samples(self, force: bool = False) -> None:
         """Send latency samples at most every 0.25 s (a wakeup flushes the stragglers)."""
@@ -73,12 +85,11 @@ class SessionTimers:
         if payload == "runtime":
             self.armed_deadline = None
             if self.runtime is not None and self.started:
-                self._handle_outputs(self.runtime.poll([]))
+                self._poll([])
         elif isinstance(payload, tuple) and payload[0] == "passivate":
             if payload[1] != self.generation or self.conns or self.state != "live":
                 return  # stale: a connection attached since this timer was armed
-            assert self.runtime is not None
-            if self.runtime.busy or self.queue:
+            if (self.runtime is not None and self.runtime.busy) or self.queue:
                 self.passivate_when_idle = True
             else:
                 self._passivate()
@@ -102,15 +113,21 @@ class SessionTimers:
     # -- passivation and shutdown -------------------------------------------------
     def _persist_and_stop(self) -> None:
         assert self.store is not None and self.session_id is not None
-        runtime_state: dict[str, Any] = {}
+        runtime_state: dict[str, Any] | None = None
         if self.runtime is not None:
+            # A plugin's state() or stop() that raises is logged; the session still stops
+            # (with the state it saved last time when state() failed).
             try:
                 if self.started:
                     runtime_state = self.runtime.state()
-            finally:
+            except Exception:
+                log.exception("session %s: the runtime's state() raised", self.session_id)
+            try:
                 self.runtime.stop()
+            except Exception:
+                log.exception("session %s: the runtime's stop() raised", self.session_id)
         fields: dict[str, Any] = {"state": "passivated", "last_active": time.time()}
-        if self.started:
+        if self.started and runtime_state is not None:
             fields["runtime_state"] = runtime_state
         self.store.update_session(self.session_id, **fields)
         self.started = False
@@ -133,3 +150,33 @@ class SessionTimers:
             self.state = "passivated"
         if self.store is not None:
             self.store.close()
+
+    # -- a runtime that raised ----------------------------------------------------
+    def _poll(self, ready: list[int]) -> None:
+        """Let the runtime make progress; a runtime that raises is answered like one in ``begin``."""
+        assert self.runtime is not None
+        try:
+            outputs = self.runtime.poll(ready)
+        except Exception as exc:
+            log.exception("session %s: runtime crashed in poll", self.session_id)
+            self._runtime_crashed("poll", exc)
+            return
+        self._handle_outputs(outputs)
+
+    def _runtime_crashed(self, where: str, exc: Exception) -> None:
+        """The runtime raised: answer its action and the queued ones, then exit this incarnation.
+
+        Its state is unknown, so it is not driven further: the supervisor restarts the session
+        (a new incarnation, a new runtime, connections resumed) or, after ``restart_intensity``
+        crashes, marks it failed and tells its connections.
+        """
+        why = f"runtime error in {where}: {exc.__class__.__name__}"
+        events = [error_observation(why, self.running)] if self.running is not None else []
+        events += [error_observation(NOT_RUN, queued["id"]) for queued in self.queue]
+        self.queue.clear()
+        self.running = None
+        self.crashed = True
+        self._send_to(list(self.conns), [status_update("ERROR_RUNTIME", why, "error")])
+        if events:
+            self._emit([e.fields for e in events])
+        self.send(self.myAddress, ActorExitRequest())

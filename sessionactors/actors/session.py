@@ -49,10 +49,10 @@ from ..messages import (
     Frame,
 )
 from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
-from ..runtimes.base import Event, Output, Runtime, RuntimeContext, Status, error_observation, load_runtime
+from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observation, load_runtime
 from ..store import Store, open_store
 from .agentstate import AgentStates
-from .passivation import SessionTimers
+from .passivation import NOT_RUN, SessionTimers
 from .workspace import WorkspaceFiles
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]
@@ -77,6 +77,9 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.outbox: Outbox | None = None
         self.store: Store | None = None
         self.runtime: Runtime | None = None
+        self.runtime_error: str | None = None  # why the runtime could not be constructed
+        self.running: int | None = None  # the id of the action the runtime is executing
+        self.crashed = False  # the runtime raised: this incarnation exits, the supervisor restarts it
         self.started = False
         self.session_id: str | None = None
         self.incarnation = 0
@@ -176,6 +179,8 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.passivate_when_idle = False
         self.started = False
         self._reset_agent_state()
+        self.running = None
+        self.crashed = False
         self.session_id = msg.session_id
         self.incarnation = msg.incarnation
         self.created = msg.created
@@ -194,7 +199,11 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             args=dict(record.args),
             secrets=self.secrets,
         )
-        self.runtime = load_runtime(self.cfg.runtime)(ctx)
+        try:
+            self.runtime, self.runtime_error = load_runtime(self.cfg.runtime)(ctx), None
+        except Exception as exc:  # a plugin's bug (e.g. it assigns the read-only `busy`)
+            log.exception("session %s: the runtime's constructor raised", msg.session_id)
+            self.runtime, self.runtime_error = None, f"runtime failed to start: {exc.__class__.__name__}"
         self.state = "live"
         if self._bridge_path:
             self.outbox = LinkOutbox(
@@ -246,8 +255,8 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.passivate_when_idle = False
         if not self.started and not self._start_runtime(conn):
             self.send(self.supervisor, AttachFailed(self.session_id, conn))
-            if not self.conns:
-                self._arm_passivation()
+            if not self.conns:  # nobody left: not "live" for close_delay with a runtime that failed
+                self._passivate()
             return
         # A client claiming ids this session never produced (a stale or foreign view) is
         # treated as holding everything there is: it gets every event produced from now on.
@@ -275,7 +284,9 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         log.info("connection attached", extra={"session_id": self.session_id, "conn_id": conn})
 
     def _start_runtime(self, conn: str) -> bool:
-        assert self.runtime is not None
+        if self.runtime is None:  # its constructor raised (logged at activation)
+            self._fail_runtime([conn], self.runtime_error or "runtime failed to start")
+            return False
         if not self.created:
             self._send_to([conn], [status_update("REHYDRATING", "Restoring the session")])
         self._send_to([conn], [status_update("STARTING_RUNTIME", "Starting the runtime")])
@@ -328,7 +339,9 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             return
         self._note_action(event)
         self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
-        if self.runtime.ready and not self.runtime.busy and not self.queue:
+        if self.crashed:  # arrived between the runtime's failure and this actor's exit
+            self._emit([error_observation(NOT_RUN, event["id"]).fields])
+        elif self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
         else:
             self.queue.append(event)
@@ -336,16 +349,15 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
     def _begin(self, event: dict[str, Any]) -> None:
         assert self.runtime is not None
         self._agent_busy()
+        self.running = event["id"]
         try:
             outputs = self.runtime.begin(event)
         except ActionError as exc:  # refused at run time (e.g. a path that changed meaning)
             outputs = [error_observation(str(exc), event["id"])]
         except Exception as exc:
             log.exception("session %s: runtime crashed on action %s", self.session_id, event["id"])
-            outputs = [
-                Status("STATUS$ERROR_RUNTIME", f"runtime error: {exc.__class__.__name__}", "error"),
-                error_observation(f"runtime error: {exc}", event["id"]),
-            ]
+            self._runtime_crashed("begin", exc)
+            return
         self._handle_outputs(outputs)
 
     def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None:
@@ -365,8 +377,14 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
 
     def _after_runtime_progress(self) -> None:
         assert self.runtime is not None
+        if self.crashed:
+            return
         while self.queue and self.runtime.ready and not self.runtime.busy:
             self._begin(self.queue.popleft())
+            if self.crashed:
+                return
+        if not self.runtime.busy:
+            self.running = None
         self._agent_progress()
         if self.passivate_when_idle and not self.runtime.busy and not self.queue and not self.conns:
             self._passivate()
@@ -412,7 +430,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         if self.runtime is not None and self.started:
             rt_fds = [fd for fd in ready if fd in self.runtime.filenos()]
             if rt_fds:
-                self._handle_outputs(self.runtime.poll(rt_fds))
+                self._poll(rt_fds)
 
     def _on_link_frames(self, frames: list[dict[str, Any]]) -> None:
         for frame in frames:

@@ -38,6 +38,7 @@ from ..config import Config
 from ..errors import StoreError
 from ..messages import (
     Action,
+    Activate,
     Activated,
     Attach,
     Attached,
@@ -48,13 +49,14 @@ from ..messages import (
     Detach,
     Disconnect,
     Frame,
+    GatewayStopping,
     Init,
     Passivated,
     Query,
     QueryReply,
     Shutdown,
 )
-from ..protocol import error_frame
+from ..protocol import error_frame, status_update
 from ..runtimes.base import load_runtime
 from ..store import SessionRecord, Store, open_store
 from .gatewaylink import RECONNECT, GatewayLink
@@ -90,6 +92,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
         self.pool: list[tuple[Any, int | None]] = []
         self.shutdown_waiter: Any = None
         self.stopping = False  # set by Shutdown: no new actors, no restarts
+        self.gateway_stopping = False  # set by GatewayStopping: its link's loss is expected
         self.reconnect_armed = False
         self.refill_armed = False
         self.last_activation = 0.0
@@ -142,6 +145,9 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self._on_poison(msg)
         elif isinstance(msg, Shutdown):
             self._on_shutdown(sender)
+        elif isinstance(msg, GatewayStopping):
+            self.gateway_stopping = True
+            self.send(sender, msg)
         elif isinstance(msg, ActorExitRequest):
             if self.store is not None:
                 self.store.close()
@@ -393,6 +399,19 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
         conn = getattr(original, "conn_id", None)
         if conn is not None and isinstance(original, (Attach, Action)):
             self._answer(conn, [error_frame("Internal error while handling the request", 500)])
+        elif isinstance(original, Activate):
+            self._activation_failed(original)
+
+    def _activation_failed(self, activate: Activate) -> None:
+        """The session actor could not activate: answer every connection waiting on it, and
+        end that actor (the session is passivated; the next INIT tries again)."""
+        entry = self.sessions.get(activate.session_id)
+        if entry is None or entry.incarnation != activate.incarnation or entry.state != "live":
+            return
+        why = "The session could not be started; try again later"
+        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+        entry.state = "passivating"
+        self.send(entry.address, ActorExitRequest())
 
     def _on_wakeup(self, payload: Any) -> None:
         if payload == RECONNECT:

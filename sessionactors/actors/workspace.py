@@ -48,8 +48,11 @@ class WorkspaceFiles:
         def outbox_send(self, frame: dict[str, Any]) -> None: ...
 
     def _on_file_request(self, msg: FileRequest) -> None:
-        assert self.runtime is not None
         body: Any
+        if self.runtime is None:  # its constructor raised (session.py answers its INIT 503)
+            error = {"error": "the session's runtime could not be created"}
+            self.outbox_send({"t": "reply", "req": msg.req, "status": 503, "body": error})
+            return
         try:
             status, body = 200, self._file_op(msg)
         except ActionError as exc:

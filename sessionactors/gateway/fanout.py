@@ -1,7 +1,8 @@
 """How the gateway queues frames to connections: each payload encoded once, queued to every
 target's Engine.IO socket, and a connection that falls ``send_buffer`` frames behind
 dropped (see docs/protocol.md, *Slow clients*), so that a stuck tab never slows its session
-or the other tabs. ``Fanout`` is a mixin of ``Gateway``.
+or the other tabs. ``Fanout`` is a mixin of ``Gateway``; ``limit_poll_batches`` keeps
+polling answers within what python-engineio's client decodes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..metrics import GatewayMetrics
 
-__all__ = ["Fanout"]
+__all__ = ["Fanout", "POLL_BATCH", "limit_poll_batches"]
 
 log = logging.getLogger("sessionactors.gateway")
 
@@ -45,7 +46,7 @@ class Fanout:
         for conn in conns:
             eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-            if sock is not None and sock.queue.qsize() > self.cfg.send_buffer:
+            if sock is not None and _backlog(sock) > self.cfg.send_buffer:
                 eventlet.sleep(0)
                 return
 
@@ -63,7 +64,7 @@ class Fanout:
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
             if sock is None:
                 continue
-            if sock.queue.qsize() > self.cfg.send_buffer:
+            if _backlog(sock) > self.cfg.send_buffer:
                 self._drop_slow(conn)
                 continue
             for p in eio_pkts:
@@ -81,3 +82,36 @@ class Fanout:
         self.metrics.slow.inc()
         self.buckets.pop(conn, None)  # no more frames for it
         eventlet.spawn_n(self.sio.disconnect, conn)
+
+
+def _backlog(sock: Any) -> int:
+    """Packets queued to an Engine.IO socket and not sent yet (held ones included)."""
+    return int(sock.queue.qsize()) + len(getattr(sock, "_held_packets", ()))
+
+
+POLL_BATCH = 16
+"""Most packets in one polling answer: python-engineio's client refuses a payload of more
+(``Payload.max_decode_packets``, 16 in 4.x) and drops the connection."""
+
+
+def limit_poll_batches() -> None:
+    """Make every Engine.IO socket hand out at most ``POLL_BATCH`` packets per poll.
+
+    ``Socket.poll`` drains the whole queue into one answer; the packets past the batch are
+    held on the socket and come first in its next answer (the order is kept). The
+    websocket writer drains through ``poll`` too; it sends each packet on its own anyway.
+    """
+    from engineio import socket as eio_socket
+
+    if getattr(eio_socket.Socket.poll, "batched", False):
+        return
+    drain = eio_socket.Socket.poll
+
+    def poll(self: Any) -> list[Any]:
+        held: list[Any] = getattr(self, "_held_packets", [])
+        packets = held if held else drain(self)
+        self._held_packets = packets[POLL_BATCH:]
+        return packets[:POLL_BATCH]
+
+    poll.batched = True  # type: ignore[attr-defined]
+    eio_socket.Socket.poll = poll

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import mimetypes
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,6 +67,8 @@ class RestApp:
         self.gateway = gateway
         self.cfg = cfg
         self._store: Store | None = None
+        # Which daemon this is (daemon.INSTANCE_ENV): `start` waits for its own, not any.
+        self.instance = os.environ.get("_SA_INSTANCE", "")
 
     @property
     def store(self) -> Store:
@@ -89,14 +92,14 @@ class RestApp:
             log.exception("REST %s %s failed", method, path)
             status, body = 500, {"error": "internal error"}
         data = json.dumps(body).encode()
-        start_response(
-            _STATUS.get(status, f"{status} Error"),
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(data))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-store"),
+        ]
+        if path == "/api/health" and self.instance:
+            headers.append(("X-Sessionactors-Instance", self.instance))
+        start_response(_STATUS.get(status, f"{status} Error"), headers)
         return [data]
 
     def _static(self, name: str, start_response: StartResponse) -> Iterable[bytes]:

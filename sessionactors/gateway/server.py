@@ -10,7 +10,15 @@ actors reach it over the bridge (``bridge.py``); it never speaks Thespian.
 
 from __future__ import annotations
 
-import eventlet
+import warnings
+
+# eventlet 0.41 warns at import that it is in bug-fix mode (7 lines in every daemon log).
+# It is this project's chosen gateway runtime, confined to this process (docs/architecture.md,
+# "Why eventlet"); the warning says nothing an operator can act on, so it is filtered by its
+# text alone: any other warning eventlet gives still shows.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=DeprecationWarning)
+
+import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
@@ -27,11 +35,11 @@ from eventlet.event import Event as GreenEvent  # noqa: E402
 from ..auth.github import GitHubVerifier, load_allowlist  # noqa: E402
 from ..auth.tokens import TokenSigner, load_or_create_secrets  # noqa: E402
 from ..config import Config  # noqa: E402
-from ..errors import ActionError, AuthError, InvalidToken  # noqa: E402
+from ..errors import GATEWAY_BIND_FAILED, ActionError, AuthError, InvalidToken  # noqa: E402
 from ..logs import setup_logging  # noqa: E402
 from ..metrics import GatewayMetrics  # noqa: E402
 from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
-from .fanout import Fanout  # noqa: E402
+from .fanout import Fanout, limit_poll_batches  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
@@ -74,6 +82,7 @@ class Gateway(Fanout, LinkServer):
         # (python-engineio's default is 16, and socket.io-client batches every buffered packet
         # into one POST): let the size limit, max_frame_bytes, be the only limit.
         eio_payload.Payload.max_decode_packets = max(16, cfg.max_frame_bytes // 2)
+        limit_poll_batches()
         self.sio = socketio.Server(
             async_mode="eventlet",
             async_handlers=False,  # one connection's actions stay in the order they were sent
@@ -392,7 +401,13 @@ def main() -> None:
     gateway, app = build(cfg)
     gateway.serve_bridge(bridge_path)
     eventlet.spawn_n(_exit_with_parent, os.getppid())
-    listener = eventlet.listen((cfg.host, cfg.port), reuse_addr=True, backlog=1024)
+    try:
+        # reuse_port=False: eventlet sets SO_REUSEPORT by default, which let a second daemon
+        # bind the same port and the kernel split the connections between the two.
+        listener = eventlet.listen((cfg.host, cfg.port), reuse_addr=True, reuse_port=False, backlog=1024)
+    except OSError as exc:
+        log.error("gateway: cannot listen on %s:%d: %s", cfg.host, cfg.port, exc.strerror or exc)
+        raise SystemExit(GATEWAY_BIND_FAILED) from None
     log.info("gateway listening on http://%s:%d", cfg.host, listener.getsockname()[1])
     eventlet.wsgi.server(listener, app, log_output=False, max_size=10000, socket_timeout=None)
 
