@@ -181,7 +181,8 @@ def _start(cfg: Config, argv: list[str]) -> int:
         str(cfg.log_max_bytes),
         str(cfg.log_keep),
     ]
-    subprocess.Popen(writer_argv, stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+    quiet = subprocess.DEVNULL  # it must not hold our stdout or stderr open after we exit
+    subprocess.Popen(writer_argv, stdin=read_end, stdout=quiet, stderr=quiet, start_new_session=True)
     os.close(read_end)
     try:
         proc = subprocess.Popen(

@@ -166,7 +166,7 @@ def test_stop_and_status_when_not_running(tmp_path: Path) -> None:
     stopped = cli("stop", "--data-dir", str(data))
     assert (stopped.returncode, stopped.stdout.strip(), stopped.stderr) == (0, "not running", "")
     status = cli("status", "--data-dir", str(data))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # LSB: not running
     assert status.stdout.startswith(f"daemon: not running (data dir {data})")
     assert "sessions: 0 live, 0 other" in status.stdout and table(status.stdout) == {}
     listed = cli("sessions", "list", "--data-dir", str(data))
@@ -303,7 +303,7 @@ def test_sessions_against_a_stopped_daemon_then_sigint(tmp_path: Path, daemons: 
     assert code == 0 and left == [], (code, left)
 
     status = cli("status", *common)
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr
     assert status.stdout.startswith("daemon: not running")
     assert "sessions: 0 live, 2 other" in status.stdout
     rows = table(status.stdout)

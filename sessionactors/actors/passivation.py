@@ -176,6 +176,11 @@ class SessionTimers:
         self.queue.clear()
         self.running = None
         self.crashed = True
+        try:  # no more hooks of this runtime run: its fds and deadlines are dropped with it
+            self.runtime.stop()  # type: ignore[union-attr]
+        except Exception:
+            log.exception("session %s: the runtime's stop() raised", self.session_id)
+        self.started = False
         self._send_to(list(self.conns), [status_update("ERROR_RUNTIME", why, "error")])
         if events:
             self._emit([e.fields for e in events])

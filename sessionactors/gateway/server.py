@@ -16,7 +16,7 @@ import warnings
 # It is this project's chosen gateway runtime, confined to this process (docs/architecture.md,
 # "Why eventlet"); the warning says nothing an operator can act on, so it is filtered by its
 # text alone: any other warning eventlet gives still shows.
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=Warning)
 
 import eventlet  # noqa: E402
 

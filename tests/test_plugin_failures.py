@@ -1,0 +1,122 @@
+"""Every failure of a plugin runtime is answered (issue 17, problem 2).
+
+A runtime whose constructor or ``start()`` raises gets the INIT a 503 and leaves no
+"live" session with nobody; one whose ``begin()`` or ``poll()`` raises gets the action an
+``error`` observation, and the session restarts cleanly (its next action works); an
+``Activate`` that fails twice (here: a session record removed behind the daemon's back)
+answers the INIT with a 503 too. The plugin is tests/data/failing_runtime, registered
+through an entry point in a throwaway ``dist-info`` on ``PYTHONPATH``, as a real install
+would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionactors.config import Config
+from sessionactors.store import open_store
+
+from .daemon_harness import Client, DaemonProcess, wait_for
+
+PLUGIN_DIR = Path(__file__).parent / "data" / "failing_runtime"
+
+
+@pytest.fixture
+def failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_factory: Any) -> DaemonProcess:
+    """A daemon whose runtime is the failing plugin; close_delay long enough to tell
+    "passivated at once" from "passivated after close_delay"."""
+    site = tmp_path / "site"
+    dist = site / "failing_runtime-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-runtime\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[sessionactors.runtimes]\nfailing = failing_runtime:FailingRuntime\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{PLUGIN_DIR}")
+    return daemon_factory(runtime="failing", close_delay=60)  # type: ignore[no-any-return]
+
+
+def session_state(daemon: DaemonProcess, session_id: str) -> str:
+    token = (daemon.data_dir / "run" / "admin.token").read_text().strip()
+    status, rows = daemon.http("GET", "/api/admin/sessions", token=token)
+    assert status == 200, rows
+    return str(next(r["state"] for r in rows if r["session_id"] == session_id))
+
+
+def only_session(daemon: DaemonProcess) -> str:
+    token = (daemon.data_dir / "run" / "admin.token").read_text().strip()
+    rows = wait_for(lambda: daemon.http("GET", "/api/admin/sessions", token=token)[1], 10, "a session")
+    (row,) = rows
+    return str(row["session_id"])
+
+
+@pytest.mark.parametrize("point", ["init", "start"])
+def test_runtime_that_cannot_start_answers_503_and_leaves_no_live_session(
+    failing: DaemonProcess, point: str
+) -> None:
+    c = Client(failing.url)
+    try:
+        answer = c.init(args={"fail_at": point})
+        assert answer["error_code"] == 503, answer
+        cls = "AttributeError" if point == "init" else "ValueError"
+        assert answer["error"] == f"runtime failed to start: {cls}"
+        statuses = [f["id"] for f in c.snapshot() if f.get("status_update")]
+        assert "STATUS$ERROR_RUNTIME" in statuses, c.snapshot()
+        session_id = only_session(failing)
+        # not "live" with nobody until close_delay (60 s): passivated at once
+        wait_for(lambda: session_state(failing, session_id) == "passivated", 15, "the session to passivate")
+        # the connection and the daemon stay usable: a good INIT works
+        assert c.init()["status"] == "ok"
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("hook", ["begin", "poll"])
+def test_runtime_that_raises_on_an_action_answers_it_and_restarts(failing: DaemonProcess, hook: str) -> None:
+    c = Client(failing.url)
+    try:
+        assert c.init()["status"] == "ok"
+        c.send({"action": "run", "args": {"command": f"raise-in-{hook}"}})
+        error = c.wait(
+            lambda fs: next((f for f in fs if f.get("observation") == "error"), None),
+            what="error observation",
+        )
+        (action,) = [e for e in c.events() if e.get("action") == "run"]
+        assert error["cause"] == action["id"] and error["content"] == f"runtime error in {hook}: RuntimeError"
+        c.wait(
+            lambda fs: any(f.get("id") == "STATUS$SESSION_RESTARTED" for f in fs), 30, "the session's restart"
+        )
+        c.send({"action": "run", "args": {"command": "after"}})
+        ran = c.wait(
+            lambda fs: next((f for f in fs if f.get("observation") == "run"), None),
+            30,
+            "the next action's answer",
+        )
+        assert ran["content"] == "after\n"
+        assert session_state(failing, only_session(failing)) == "live"
+    finally:
+        c.close()
+
+
+def test_activate_that_fails_twice_answers_the_init(tmp_path: Path, daemon_factory: Any) -> None:
+    daemon = daemon_factory(close_delay=0.5)
+    c = Client(daemon.url)
+    try:
+        token = c.init()["token"]
+        session_id = only_session(daemon)
+        c.close()
+        wait_for(lambda: session_state(daemon, session_id) == "passivated", 15, "passivation")
+        store = open_store(Config(data_dir=daemon.data_dir).data_dir)
+        try:  # the supervisor still knows the session; its actor finds no record: Activate raises
+            store.delete_session(session_id)
+        finally:
+            store.close()
+        c = Client(daemon.url)
+        answer = c.init(token=token)
+        assert answer == {"error": "The session could not be started; try again later", "error_code": 503}
+        assert c.init()["status"] == "ok"  # the daemon goes on
+    finally:
+        c.close()
