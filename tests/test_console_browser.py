@@ -302,7 +302,8 @@ def test_console_shows_errors_and_never_renders_event_html(daemon: DaemonProcess
     tab.get_by_test_id("session-open").click()
     expect(tab.get_by_role("alert")).to_contain_text("Invalid token")
     expect(tab.get_by_role("alert")).to_contain_text("401")
-    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "error")
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "refused")
+    expect(tab.get_by_label("Command", exact=True)).to_be_disabled()  # nothing can be sent
     tab.get_by_test_id("session-open").click()  # asking again re-sends the INIT: refused again
     expect(tab.get_by_test_id("alert")).to_have_count(2)
     expect(tab.get_by_test_id("alert").last).to_contain_text("Invalid token")
@@ -350,7 +351,7 @@ def test_console_shows_a_runtime_that_cannot_start(daemon_factory: Any, pages: P
     proc = daemon_factory(runtime_options={"fail_start": True}, close_delay=1.0)
     tab = pages.open(proc.url)
     tab.get_by_role("button", name="New session").click()
-    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "error")
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "failed")
     expect(tab.get_by_role("alert")).to_contain_text("Error 503")
     expect(tab.get_by_role("alert")).to_contain_text("fail at start")
     assert "starting" in tab.evaluate("window.sessionConsole.statusLog()")
@@ -358,7 +359,75 @@ def test_console_shows_a_runtime_that_cannot_start(daemon_factory: Any, pages: P
     # handler that shows the alert is the one that would have counted a retry
     assert tab.evaluate("window.sessionConsole.initRetries()") == 0
     expect(tab.get_by_test_id("alert")).to_have_count(2)  # the error status, then the 503
-    tab.get_by_label("Command", exact=True).fill("echo never")
-    tab.get_by_label("Command", exact=True).press("Enter")
-    expect(tab.get_by_test_id("session-detail")).to_contain_text("1 queued")
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "failed")
+    expect(tab.get_by_label("Command", exact=True)).to_be_disabled()
     expect(tab.get_by_test_id("cmd-block")).to_have_count(0)
+
+
+def admin_token(daemon: DaemonProcess) -> str:
+    return (daemon.data_dir / "run" / "admin.token").read_text().strip()
+
+
+def test_console_says_a_session_was_deleted_or_revoked_and_disables_input(
+    daemon: DaemonProcess, pages: Pages
+) -> None:
+    tab = pages.open(daemon.url)
+    session_id = start_session(tab)
+    run(tab, "echo before")
+    status, _ = daemon.http("DELETE", f"/api/admin/sessions/{session_id}", token=admin_token(daemon))
+    assert status == 200
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "deleted")
+    expect(tab.get_by_test_id("session-status")).to_have_text("deleted")
+    expect(tab.get_by_role("alert")).to_contain_text("This session was deleted")
+    expect(tab.get_by_label("Command", exact=True)).to_be_disabled()
+    expect(tab.get_by_label("Message", exact=True)).to_be_disabled()
+    screenshot(tab, "console-deleted.png")
+    tab.reload()  # the 401 that follows still says what happened
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "refused")
+    expect(tab.get_by_test_id("alert").last).to_contain_text("This session was deleted")
+    expect(tab.get_by_label("Command", exact=True)).to_be_disabled()
+
+    tab.get_by_role("button", name=re.compile(f"Forget session {session_id}")).click()
+    second = start_session(tab)
+    token = stored_sessions(tab)[0]["token"]
+    status, _ = daemon.http("POST", f"/api/sessions/{second}/revoke", token=token)
+    assert status == 200
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "revoked")
+    expect(tab.get_by_role("alert").last).to_contain_text("tokens were revoked")
+    expect(tab.get_by_label("Command", exact=True)).to_be_disabled()
+
+
+def test_console_queued_running_finished_interrupt_and_causes(daemon: DaemonProcess, pages: Pages) -> None:
+    tab = pages.open(daemon.url)
+    start_session(tab)
+    box = tab.get_by_label("Command", exact=True)
+    for command in ("sleep 60", "echo after"):
+        box.fill(command)
+        box.press("Enter")
+    sleeping, after = command_block(tab, "sleep 60"), command_block(tab, "echo after")
+    expect(sleeping).to_have_attribute("data-state", "running")
+    expect(after).to_have_attribute("data-state", "queued")
+    expect(after.get_by_test_id("cmd-exit")).to_have_text("queued")
+    screenshot(tab, "console-queued.png")
+    interrupt = tab.get_by_role("button", name="Interrupt")
+    expect(interrupt).to_be_enabled()
+    interrupt.click()  # change_agent_state "stopped": the session-layer Ctrl-C
+    expect(sleeping).to_have_attribute("data-state", "done")
+    expect(sleeping.get_by_test_id("cmd-exit")).to_have_text("exit 130")
+    expect(after).to_have_attribute("data-state", "done")
+    expect(after.get_by_test_id("cmd-exit")).to_have_text("exit 0")
+    expect(interrupt).to_be_disabled()
+
+    # Ctrl-C in the empty command box does the same
+    box.fill("sleep 60")
+    box.press("Enter")
+    again = command_block(tab, "sleep 60").last
+    expect(again).to_have_attribute("data-state", "running")
+    box.press("Control+c")
+    expect(again.get_by_test_id("cmd-exit")).to_have_text("exit 130")
+
+    # an observation links to its action: following the link highlights it
+    action_id = again.get_attribute("data-action-id")
+    link = tab.locator(f'[data-testid=event-cause][data-cause="{action_id}"]').first
+    link.click()
+    expect(tab.locator(f'#events [data-event-id="{action_id}"]')).to_have_class(re.compile(r"\bhighlight\b"))

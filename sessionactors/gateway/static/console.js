@@ -11,6 +11,12 @@
  *   and latest_event_id = the highest event id this tab holds, so the server replays only
  *   what is missing; events are also de-duplicated here by id (an id is rendered once).
  * - Event data is only ever rendered with textContent (never as HTML).
+ * - A session that ends on the server side (deleted, tokens revoked, failed, token refused)
+ *   shows that state, says why and disables the inputs; a deletion is remembered in
+ *   localStorage (`gone`), so that the 401 after a reload still says what happened.
+ * - Commands: the oldest unfinished one is "running", later ones "queued" (the session runs
+ *   them in order), finished ones show their exit; Interrupt (or Ctrl-C in an empty command
+ *   box) sends change_agent_state "stopped", the session-layer Ctrl-C.
  */
 (function () {
   "use strict";
@@ -90,9 +96,18 @@
         entry = { session_id: sessionId, token: token, last_event_id: -1 };
         list.unshift(entry);
       }
+      if (token && token !== entry.token) delete entry.gone; // a new token: the session lives
       if (token) entry.token = token;
       var previous = typeof entry.last_event_id === "number" ? entry.last_event_id : -1;
       entry.last_event_id = typeof lastEventId === "number" ? Math.max(previous, lastEventId) : previous;
+      storage.save(list);
+    },
+    // What ended the session on the server side ("deleted"), shown after a reload.
+    markGone: function (sessionId, why) {
+      var list = storage.load();
+      list.forEach(function (s) {
+        if (s.session_id === sessionId) s.gone = why;
+      });
       storage.save(list);
     },
     remove: function (sessionId) {
@@ -131,8 +146,15 @@
     rehydrating: "passivated \u2192 rehydrating",
     live: "live",
     reconnecting: "reconnecting",
-    error: "error"
+    error: "error",
+    deleted: "deleted",
+    revoked: "tokens revoked",
+    failed: "failed",
+    refused: "token refused"
   };
+
+  // States in which nothing can be sent to the session: the inputs are disabled.
+  var ENDED = { deleted: true, revoked: true, failed: true, refused: true };
 
   var CONN_LABELS = {
     connecting: "connecting",
@@ -151,6 +173,11 @@
     var node = $("session-status");
     node.dataset.state = name;
     node.textContent = SESSION_LABELS[name];
+    var ended = ENDED[name] === true;
+    ["command-input", "command-run", "message-input", "message-send"].forEach(function (id) {
+      $(id).disabled = ended;
+    });
+    updateInterrupt();
     if (state.statusLog[state.statusLog.length - 1] !== name) state.statusLog.push(name);
     if (state.statusLog.length > 100) state.statusLog.shift();
     if (detail !== undefined) $("session-detail").textContent = detail;
@@ -344,10 +371,17 @@
   function onStatusUpdate(frame) {
     var id = String(frame.id || "");
     var message = frame.message ? String(frame.message) : id;
+    if (id === "STATUS$SESSION_DELETED") {
+      endSession("deleted", message);
+      if (state.session && state.session.session_id) storage.markGone(state.session.session_id, "deleted");
+      return;
+    }
     if (frame.type === "error") {
       // Before the INIT is answered this is fatal for it (an error frame follows); once
-      // attached, the session lives on (e.g. the runtime failed one action).
+      // attached, the session lives on (the runtime failed one action and restarts) unless
+      // a 503 follows (it failed too often: see onError).
       if (state.attached) {
+        state.runtimeFailed = true;
         $("session-detail").textContent = message;
       } else {
         state.runtimeFailed = true; // the INIT's error answer follows: do not retry it
@@ -377,13 +411,33 @@
     setHash(frame.session_id);
     renderSessionList();
     state.attached = true;
+    state.runtimeFailed = false;
     setSessionStatus("live", "attached");
     flushQueue();
+  }
+
+  // The server ended this connection's session: show it, stop sending, keep the events.
+  function endSession(name, message, code) {
+    state.attached = false;
+    state.queued = [];
+    if (state.session) state.session.rejected = true; // not re-sent on reconnect
+    setSessionStatus(name, message);
+    showAlert(message, code);
   }
 
   function onError(frame) {
     var message = typeof frame.error === "string" ? frame.error : "error";
     var code = typeof frame.error_code === "number" ? frame.error_code : null;
+    if (state.attached && state.pendingInits === 0) {
+      if (code === 401) {
+        endSession("revoked", "This session's tokens were revoked: this tab was detached from it", code);
+        return;
+      }
+      if (code === 503 && state.runtimeFailed) {
+        endSession("failed", message, code);
+        return;
+      }
+    }
     // While an INIT is unanswered no action is sent from here, so an error is its answer.
     if (state.pendingInits > 0) {
       state.pendingInits -= 1;
@@ -393,9 +447,16 @@
           state.initRetries += 1;
           setSessionStatus("error", message + " \u2014 retrying");
           state.retryTimer = window.setTimeout(sendInit, 500 * state.initRetries);
+        } else if (code === 401 && state.session && state.session.token) {
+          var stored = storage.find(state.session.session_id);
+          endSession("refused", stored && stored.gone === "deleted"
+            ? "This session was deleted (" + message + ")"
+            : "The server refused this browser's token (" + message + "): the session was deleted or its tokens were revoked",
+            code);
+          return;
         } else {
           if (state.session) state.session.rejected = true; // do not re-send it on reconnect
-          setSessionStatus("error", message);
+          setSessionStatus(state.runtimeFailed ? "failed" : "error", message);
         }
       }
     }
@@ -449,9 +510,57 @@
     li.appendChild(el("span", { className: "event-id" }, "#" + ev.id));
     li.appendChild(el("span", { className: "event-source" }, ev.source || "?"));
     li.appendChild(el("span", { className: "event-summary" }, summary(ev)));
-    if (typeof ev.cause === "number") li.title = "caused by #" + ev.cause;
+    if (typeof ev.cause === "number") {
+      var cause = ev.cause;
+      li.title = "caused by #" + cause;
+      var link = el("button", { type: "button", className: "event-cause", "data-testid": "event-cause",
+        "data-cause": String(cause), "aria-label": "Show action #" + cause }, "\u21b3 #" + cause);
+      link.addEventListener("click", function () {
+        showEvent(cause);
+      });
+      li.appendChild(link);
+    }
     list.appendChild(li);
     keepAtBottom(list, bottom);
+  }
+
+  // Scroll to an event and highlight it (an observation's link to its action).
+  function showEvent(id) {
+    var target = $("events").querySelector('[data-event-id="' + id + '"]');
+    if (!target) return;
+    var old = $("events").querySelector(".event.highlight");
+    if (old) old.classList.remove("highlight");
+    target.classList.add("highlight");
+    target.scrollIntoView({ block: "nearest" });
+    target.setAttribute("tabindex", "-1");
+    target.focus();
+  }
+
+  // The session runs commands one at a time, in order: the oldest unfinished is running.
+  function updateCommandStates() {
+    var running = false;
+    Array.from(state.blocks.keys()).sort(function (a, b) { return a - b; }).forEach(function (id) {
+      var block = state.blocks.get(id);
+      if (block.node.dataset.done === "true") {
+        block.node.dataset.state = "done";
+        return;
+      }
+      block.node.dataset.state = running ? "queued" : "running";
+      block.exit.textContent = running ? "queued" : "running\u2026";
+      running = true;
+    });
+    updateInterrupt();
+  }
+
+  function updateInterrupt() {
+    var button = $("command-interrupt");
+    if (!button) return;
+    var running = $("terminal").querySelector('.cmd[data-state="running"]') !== null;
+    button.disabled = !(running && state.attached && state.connected);
+  }
+
+  function interrupt() {
+    send({ action: "change_agent_state", args: { agent_state: "stopped" } });
   }
 
   function terminalBlock(actionId, command) {
@@ -504,6 +613,7 @@
     } else {
       return;
     }
+    updateCommandStates();
     keepAtBottom(term, bottom);
   }
 
@@ -556,7 +666,11 @@
 
   function onCommandKey(event) {
     var input = $("command-input");
-    if (event.key === "ArrowUp" && state.historyPos > 0) {
+    var selected = input.selectionStart !== input.selectionEnd;
+    if (event.key === "c" && event.ctrlKey && !selected && !$("command-interrupt").disabled) {
+      event.preventDefault(); // Ctrl-C with nothing selected: interrupt, as in a terminal
+      interrupt();
+    } else if (event.key === "ArrowUp" && state.historyPos > 0) {
       state.historyPos -= 1;
       input.value = state.history[state.historyPos];
       event.preventDefault();
@@ -603,6 +717,7 @@
       state.everConnected = true;
       state.pendingInits = 0;
       setConnStatus("connected");
+      updateInterrupt();
       if (state.session && !state.session.rejected) sendInit(); // re-attach: token + highest id held
     });
     socket.on("disconnect", function (reason) {
@@ -610,6 +725,7 @@
       state.attached = false;
       state.pendingInits = 0;
       setConnStatus("disconnected", reason);
+      updateInterrupt();
       if (state.session && !state.session.rejected) setSessionStatus("reconnecting", "connection lost: " + reason);
       if (reason === "io server disconnect") {
         // The server dropped us on purpose (e.g. too slow); socket.io does not retry that.
@@ -640,6 +756,7 @@
     $("new-session").addEventListener("click", newSession);
     $("command-form").addEventListener("submit", onCommandSubmit);
     $("command-input").addEventListener("keydown", onCommandKey);
+    $("command-interrupt").addEventListener("click", interrupt);
     $("message-form").addEventListener("submit", onMessageSubmit);
     $("message-input").addEventListener("keydown", onMessageKey);
     window.addEventListener("storage", function (event) {
