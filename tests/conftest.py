@@ -93,3 +93,19 @@ def clients() -> Iterator[Callable[..., Client]]:
             client.close()
         except Exception:
             pass
+
+
+@pytest.fixture
+def failing_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Install tests/data/failing_runtime for the daemons this test starts (an entry point in a
+    throwaway ``dist-info`` on ``PYTHONPATH``, as a real install would); its runtime name."""
+    site = tmp_path / "site"
+    dist = site / "failing_runtime-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-runtime\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[sessionactors.runtimes]\nfailing = failing_runtime:FailingRuntime\n"
+    )
+    plugin = Path(__file__).parent / "data" / "failing_runtime"
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{plugin}")
+    return "failing"

@@ -431,3 +431,18 @@ def test_console_queued_running_finished_interrupt_and_causes(daemon: DaemonProc
     link = tab.locator(f'[data-testid=event-cause][data-cause="{action_id}"]').first
     link.click()
     expect(tab.locator(f'#events [data-event-id="{action_id}"]')).to_have_class(re.compile(r"\bhighlight\b"))
+
+
+def test_console_shows_a_session_that_failed_while_attached(
+    failing_plugin: str, daemon_factory: Any, pages: Pages
+) -> None:
+    proc = daemon_factory(runtime=failing_plugin, restart_intensity=0)  # the first crash fails it
+    tab = pages.open(proc.url)
+    start_session(tab)
+    box = tab.get_by_label("Command", exact=True)
+    box.fill("raise-in-begin")
+    box.press("Enter")
+    expect(tab.get_by_test_id("session-status")).to_have_attribute("data-state", "failed")
+    expect(tab.get_by_role("alert").last).to_contain_text("Session failed repeatedly")
+    expect(box).to_be_disabled()
+    expect(command_block(tab, "raise-in-begin")).to_have_attribute("data-state", "done")  # its error

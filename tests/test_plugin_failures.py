@@ -21,22 +21,12 @@ from sessionactors.store import open_store
 
 from .daemon_harness import Client, DaemonProcess, wait_for
 
-PLUGIN_DIR = Path(__file__).parent / "data" / "failing_runtime"
-
 
 @pytest.fixture
-def failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_factory: Any) -> DaemonProcess:
+def failing(failing_plugin: str, daemon_factory: Any) -> DaemonProcess:
     """A daemon whose runtime is the failing plugin; close_delay long enough to tell
     "passivated at once" from "passivated after close_delay"."""
-    site = tmp_path / "site"
-    dist = site / "failing_runtime-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-runtime\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[sessionactors.runtimes]\nfailing = failing_runtime:FailingRuntime\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", f"{site}:{PLUGIN_DIR}")
-    return daemon_factory(runtime="failing", close_delay=60)  # type: ignore[no-any-return]
+    return daemon_factory(runtime=failing_plugin, close_delay=60)  # type: ignore[no-any-return]
 
 
 def session_state(daemon: DaemonProcess, session_id: str) -> str:
