@@ -91,6 +91,20 @@ def test_runtime_that_raises_on_an_action_answers_it_and_restarts(failing: Daemo
         c.close()
 
 
+def test_runtime_whose_validate_raises_answers_the_sender(failing: DaemonProcess) -> None:
+    c = Client(failing.url)
+    try:
+        assert c.init()["status"] == "ok"
+        c.send({"action": "run", "args": {"command": "raise-in-validate"}})
+        error = c.wait(lambda fs: next((f for f in fs if "error" in f), None), what="the error answer")
+        assert error == {"error": "runtime error in validate: KeyError", "error_code": 500}
+        assert c.events() == []  # nothing stored
+        c.send({"action": "run", "args": {"command": "after"}})
+        c.wait(lambda fs: any(f.get("observation") == "run" for f in fs), what="the next action's answer")
+    finally:
+        c.close()
+
+
 def test_activate_that_fails_twice_answers_the_init(tmp_path: Path, daemon_factory: Any) -> None:
     daemon = daemon_factory(close_delay=0.5)
     c = Client(daemon.url)

@@ -329,6 +329,10 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         except ActionError as exc:
             self._send_to([conn], [error_frame(str(exc), 400)])
             return
+        except Exception as exc:  # a plugin's bug: the sender is told, nothing is stored
+            log.exception("session %s: the runtime's validate() raised", self.session_id)
+            self._send_to([conn], [error_frame(f"runtime error in validate: {exc.__class__.__name__}", 500)])
+            return
         try:
             (event,) = self._emit([action_event_fields(action)])
         except StoreError as exc:  # nothing was stored or sent: the sender must know

@@ -1,7 +1,8 @@
 """A plugin runtime that raises where it is told to: the tests of every hook's failure.
 
 INIT args choose the constructor or ``start`` (``{"fail_at": "init"}`` / ``"start"``);
-a ``run`` action whose command is ``raise-in-begin`` or ``raise-in-poll`` makes that hook
+a ``run`` action whose command is ``raise-in-validate``, ``raise-in-begin`` or
+``raise-in-poll`` makes that hook
 raise; any other command is answered at once. The constructor's failure is the one a
 plugin author met: assigning the read-only ``busy`` property.
 """
@@ -36,6 +37,11 @@ class FailingRuntime(Runtime):
         if self.ctx.args.get("fail_at") == "start":
             raise ValueError("start failed on purpose")
         return [Status("STATUS$RUNTIME_STARTED", "ready")]
+
+    def validate(self, action: dict[str, Any]) -> None:
+        super().validate(action)
+        if action["args"].get("command") == "raise-in-validate":
+            raise KeyError("validate failed on purpose")
 
     def begin(self, action_event: dict[str, Any]) -> list[Output]:
         command = action_event["args"].get("command")
