@@ -14,7 +14,7 @@ import warnings
 
 # eventlet 0.41 warns at import that it is in bug-fix mode (7 lines in every daemon log).
 # It is this project's chosen gateway runtime, confined to this process (docs/architecture.md,
-# "Why eventlet"); the warning says nothing an operator can act on, so it is filtered by its
+# "Choices and their reasons"); the warning says nothing an operator can act on, so it is filtered by its
 # text alone: any other warning eventlet gives still shows.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=Warning)
 

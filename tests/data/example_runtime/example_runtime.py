@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sessionactors.errors import ActionError
-from sessionactors.runtime import Output, Runtime, RuntimeContext, Status, agent_message, observation
+from sessionactors.runtime import (
+    ActionError,
+    Output,
+    Runtime,
+    RuntimeContext,
+    Status,
+    agent_message,
+    observation,
+)
 
 __all__ = ["RULES", "RuleBotRuntime", "reply"]
 
