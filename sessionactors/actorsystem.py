@@ -1,4 +1,6 @@
-"""Starting, reaching and stopping the Thespian actor system, kept on loopback.
+"""Starting, reaching and stopping the Thespian actor system, kept on loopback; finding
+processes and ports through /proc (who holds a port, a process group's members, the actor
+system a crashed daemon left).
 
 Thespian's TCP transport addresses actors by the machine's external interface
 unless ``THESPIAN_BASE_IPADDR`` is set, and binds every listener (admin and each
@@ -26,6 +28,7 @@ __all__ = [
     "restrict_to_loopback",
     "pid_alive",
     "port_in_use",
+    "proc_stat",
     "group_members",
     "listening_pid",
     "port_holder",
@@ -154,7 +157,8 @@ def shutdown_system(asys: Any, admin_port: int | None = None, timeout: float = 1
 
 
 # -- finding processes and ports through /proc ------------------------------------------
-def _stat_fields(pid: int | str) -> list[str]:
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, ..."""
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()
 
@@ -165,7 +169,7 @@ def group_members(pgid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = _stat_fields(entry)
+                fields = proc_stat(entry)
             except (OSError, IndexError):
                 continue
             if int(fields[2]) == pgid and fields[0] != "Z":

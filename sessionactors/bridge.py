@@ -36,7 +36,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["encode", "FrameReader", "Link", "Outbox", "LinkOutbox", "CallbackOutbox", "MAX_FRAME", "FILE_OPS"]
+__all__ = [
+    "encode",
+    "FrameReader",
+    "Link",
+    "Outbox",
+    "LinkOutbox",
+    "CallbackOutbox",
+    "MAX_FRAME",
+    "FILE_OPS",
+    "INSTANCE_ENV",
+    "INSTANCE_HEADER",
+]
+
+# Which daemon run a gateway belongs to: the launcher passes it in this environment variable
+# and the gateway answers it on /api/health in this header (``start`` waits for its own).
+INSTANCE_ENV = "_SA_INSTANCE"
+INSTANCE_HEADER = "X-Sessionactors-Instance"
 
 MAX_FRAME = 64 * 1024 * 1024
 # Workspace queries the supervisor forwards to the session actor: query op -> FileRequest op.

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from .actorsystem import (
-    _stat_fields,
     check_port_free,
     end_processes,
     group_members,
@@ -35,9 +34,11 @@ from .actorsystem import (
     port_error,
     port_holder,
     port_in_use,
+    proc_stat,
     shutdown_system,
     start_system,
 )
+from .bridge import INSTANCE_ENV, INSTANCE_HEADER
 from .config import Config
 from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError
 from .messages import Configure, Configured, GatewayStopping, Shutdown, ShutdownDone
@@ -59,8 +60,6 @@ __all__ = [
     "health_ok",
 ]
 
-INSTANCE_ENV = "_SA_INSTANCE"  # set by `start` for its daemon; the gateway answers it on /api/health
-INSTANCE_HEADER = "X-Sessionactors-Instance"
 
 log = logging.getLogger("sessionactors.daemon")
 
@@ -72,7 +71,7 @@ def descendants(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            ppid = int(_stat_fields(entry)[1])
+            ppid = int(proc_stat(entry)[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))

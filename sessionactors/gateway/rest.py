@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
+from ..bridge import INSTANCE_ENV, INSTANCE_HEADER
 from ..config import Config
 from ..errors import AuthError, Forbidden, InvalidToken
 from ..store import Store, open_store
@@ -68,7 +69,7 @@ class RestApp:
         self.cfg = cfg
         self._store: Store | None = None
         # Which daemon this is (daemon.INSTANCE_ENV): `start` waits for its own, not any.
-        self.instance = os.environ.get("_SA_INSTANCE", "")
+        self.instance = os.environ.get(INSTANCE_ENV, "")
 
     @property
     def store(self) -> Store:
@@ -98,7 +99,7 @@ class RestApp:
             ("Cache-Control", "no-store"),
         ]
         if path == "/api/health" and self.instance:
-            headers.append(("X-Sessionactors-Instance", self.instance))
+            headers.append((INSTANCE_HEADER, self.instance))
         start_response(_STATUS.get(status, f"{status} Error"), headers)
         return [data]
 
