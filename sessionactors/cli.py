@@ -112,7 +112,11 @@ _COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sessionactors", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sessionactors",
+        description="An actor-per-session supervisor for agent servers: run its daemon, ask it, manage its sessions.",
+        epilog="'sessionactors COMMAND --help' describes each command.",
+    )
     parser.add_argument("--version", action="version", version=f"sessionactors {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {
@@ -322,7 +326,9 @@ def _rotate_secret(cfg: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code. A closed stdout (``status | head -2``) ends it quietly."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is caught below, not printed
+        return code
     except BrokenPipeError:
         # The reader went away: no traceback, and none when Python flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)

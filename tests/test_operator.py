@@ -187,6 +187,7 @@ def test_version_and_help_describe_every_command() -> None:
 
     version = cli("--version")
     assert (version.returncode, version.stdout.strip()) == (0, f"sessionactors {__version__}")
+    assert "``" not in cli("--help").stdout
     for command in ("serve", "start", "stop", "status", "logs", "sessions", "rotate-secret"):
         text = cli(command, "--help").stdout
         description = text.split("\n\n")[1]  # after the usage paragraph
