@@ -169,8 +169,8 @@ class Daemon:
         pids = leftover_actor_pids(state, self.cfg.admin_port, self.cfg.actor_ip)
         if not pids:
             raise ActorSystemInUse(
-                f"admin port {self.cfg.admin_port} is held by {port_holder(self.cfg.admin_port)}, not by an"
-                " actor system this data directory started; stop it or set another admin_port"
+                f"admin port {self.cfg.admin_port} is held by an actor system this data directory did not"
+                f" start ({port_holder(self.cfg.admin_port)}); stop it or set another admin_port"
             )
         log.warning("reclaiming a leftover actor system of a crashed daemon: pids %s", pids)
         end_processes(pids)

@@ -29,6 +29,7 @@ __all__ = [
     "Query",
     "QueryReply",
     "GatewayStopping",
+    "SessionFailed",
     "Shutdown",
     "ShutdownDone",
     "FileRequest",
@@ -152,6 +153,16 @@ class Passivated:
 
     session_id: str
     incarnation: int
+
+
+@dataclass(frozen=True)
+class SessionFailed:
+    """Session actor -> supervisor: my runtime failed ``restart_intensity`` times within
+    ``restart_period``: mark me failed, tell my connections ``why`` and end me."""
+
+    session_id: str
+    incarnation: int
+    why: str
 
 
 @dataclass(frozen=True)

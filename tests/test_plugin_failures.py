@@ -1,8 +1,10 @@
 """Every failure of a plugin runtime is answered (issue 17, problem 2).
 
 A runtime whose constructor or ``start()`` raises gets the INIT a 503 and leaves no
-"live" session with nobody; one whose ``begin()`` or ``poll()`` raises gets the action an
-``error`` observation, and the session restarts cleanly (its next action works); an
+"live" session with nobody; one whose ``validate()`` raises gets the sender a 500; one whose
+``begin()`` or ``poll()`` raises gets the action an ``error`` observation and is restarted
+in place (the next action works), and after ``restart_intensity`` crashes the session is
+marked failed, its queued actions answered and its connections told; an
 ``Activate`` that fails twice (here: a session record removed behind the daemon's back)
 answers the INIT with a 503 too. The plugin is tests/data/failing_runtime, registered
 through an entry point in a throwaway ``dist-info`` on ``PYTHONPATH``, as a real install
@@ -77,7 +79,7 @@ def test_runtime_that_raises_on_an_action_answers_it_and_restarts(failing: Daemo
         (action,) = [e for e in c.events() if e.get("action") == "run"]
         assert error["cause"] == action["id"] and error["content"] == f"runtime error in {hook}: RuntimeError"
         c.wait(
-            lambda fs: any(f.get("id") == "STATUS$SESSION_RESTARTED" for f in fs), 30, "the session's restart"
+            lambda fs: any(f.get("id") == "STATUS$RUNTIME_RESTARTED" for f in fs), 30, "the runtime's restart"
         )
         c.send({"action": "run", "args": {"command": "after"}})
         ran = c.wait(
@@ -87,6 +89,29 @@ def test_runtime_that_raises_on_an_action_answers_it_and_restarts(failing: Daemo
         )
         assert ran["content"] == "after\n"
         assert session_state(failing, only_session(failing)) == "live"
+    finally:
+        c.close()
+
+
+def test_runtime_that_crashes_too_often_fails_the_session(failing_plugin: str, daemon_factory: Any) -> None:
+    daemon = daemon_factory(runtime=failing_plugin, restart_intensity=0)  # the first crash is one too many
+    c = Client(daemon.url)
+    try:
+        token = c.init()["token"]
+        c.send({"action": "run", "args": {"command": "raise-in-poll"}})
+        c.send({"action": "run", "args": {"command": "queued behind it"}})
+        error = c.wait(lambda fs: next((f for f in fs if "error" in f), None), 30, "the failure")
+        assert error == {
+            "error": "Session failed repeatedly; send initialize again to retry",
+            "error_code": 503,
+        }
+        crashed, queued = [e for e in c.events() if e.get("action") == "run"]
+        answers = {e["cause"]: e["content"] for e in c.events() if e.get("observation") == "error"}
+        assert answers[crashed["id"]] == "runtime error in poll: RuntimeError"
+        assert answers[queued["id"]].startswith("Not run")
+        session_id = only_session(daemon)
+        wait_for(lambda: session_state(daemon, session_id) == "failed", 15, "the session to be marked failed")
+        assert c.init(token=token)["status"] == "ok"  # initialize again retries
     finally:
         c.close()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
 from ..actorsystem import pid_alive
-from ..messages import Action, Activate, Attach, Bounced, Configure, Passivated, ShutdownDone
+from ..messages import Action, Activate, Attach, Bounced, Configure, Passivated, SessionFailed, ShutdownDone
 from ..protocol import error_frame, status_update
 from .registry import Entry
 from .session import SessionActor
@@ -225,11 +225,7 @@ class SessionLifecycle:
         while entry.restarts and entry.restarts[0] < now - self.cfg.restart_period:
             entry.restarts.popleft()
         if len(entry.restarts) >= self.cfg.restart_intensity:
-            log.error("supervisor: session %s crashed too often; marked failed", entry.session_id)
-            entry.state = "failed"
-            self.store.update_session(entry.session_id, state="failed")
-            why = "Session failed repeatedly; send initialize again to retry"
-            self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+            self._fail(entry, "Session failed repeatedly; send initialize again to retry")
             return
         entry.restarts.append(now)
         self.stats["restarts"] += 1
@@ -242,6 +238,22 @@ class SessionLifecycle:
             m for m in entry.buffered if not (isinstance(m, Attach) and m.conn_id in entry.attaching)
         ]
         self._activate(entry, resume=tuple(c for c in entry.conns if c not in entry.attaching))
+
+    def _fail(self, entry: Entry, why: str) -> None:
+        """Mark ``entry`` failed (stored) and tell every connection why; the next INIT retries."""
+        assert self.store is not None
+        log.error("supervisor: session %s crashed too often; marked failed", entry.session_id)
+        entry.state = "failed"
+        self.store.update_session(entry.session_id, state="failed")
+        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+
+    def _on_session_failed(self, msg: SessionFailed) -> None:
+        """A live session gave up on its runtime (it crashed too often): fail it, end its actor."""
+        entry = self.sessions.get(msg.session_id)
+        if entry is None or entry.incarnation != msg.incarnation or entry.state != "live":
+            return
+        self._fail(entry, msg.why)
+        self.send(entry.address, ActorExitRequest())
 
     def _on_shutdown(self, sender: Any) -> None:
         self.shutdown_waiter = sender

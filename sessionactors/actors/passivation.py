@@ -1,6 +1,6 @@
 """When a session actor stops: its wakeup timers (passivation after ``close_delay``, the
-runtime's deadlines, the metrics flush), passivation itself and shutdown, and the exit of
-an incarnation whose runtime raised.
+runtime's deadlines, the metrics flush), passivation itself and shutdown, and what happens
+when the runtime raises (restarted in place, or the session marked failed).
 
 A mixin of ``SessionActor`` (like ``lifecycle.py`` for the supervisor), kept apart so that
 ``session.py`` reads as what a live session does with its connections and events. The
@@ -15,23 +15,21 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
-
-from ..messages import Passivated
+from ..messages import Passivated, SessionFailed
 from ..protocol import status_update
-from ..runtimes.base import error_observation
+from ..runtimes.base import error_observation, load_runtime
 
 if TYPE_CHECKING:
     from collections import deque
 
     from ..bridge import Outbox
     from ..config import Config
-    from ..runtimes.base import Output, Runtime
+    from ..runtimes.base import Output, Runtime, RuntimeContext
     from ..store import Store
 
 __all__ = ["SessionTimers", "NOT_RUN"]
 
-NOT_RUN = "Not run: the runtime failed and the session is restarting"
+NOT_RUN = "Not run: the runtime failed too often and the session is marked failed"
 
 log = logging.getLogger("sessionactors.session")
 
@@ -59,7 +57,10 @@ class SessionTimers:
         samples_armed: bool
         running: int | None
         crashed: bool
-        myAddress: Any
+        crashes: deque[float]
+
+        runtime_error: str | None
+        runtime_ctx: RuntimeContext | None
 
         def send(self, target: Any, msg: Any) -> None: ...
         def wakeupAfter(self, timePeriod: float, payload: Any = None) -> None: ...
@@ -152,6 +153,17 @@ class SessionTimers:
             self.store.close()
 
     # -- a runtime that raised ----------------------------------------------------
+    def _new_runtime(self) -> Runtime | None:
+        """A new instance of the configured runtime, or None (and why) when its constructor raises."""
+        assert self.cfg is not None and self.runtime_ctx is not None
+        try:
+            runtime, self.runtime_error = load_runtime(self.cfg.runtime)(self.runtime_ctx), None
+            return runtime
+        except Exception as exc:  # a plugin's bug (e.g. it assigns the read-only `busy`)
+            log.exception("session %s: the runtime's constructor raised", self.session_id)
+            self.runtime_error = f"runtime failed to start: {exc.__class__.__name__}"
+            return None
+
     def _poll(self, ready: list[int]) -> None:
         """Let the runtime make progress; a runtime that raises is answered like one in ``begin``."""
         assert self.runtime is not None
@@ -164,24 +176,58 @@ class SessionTimers:
         self._handle_outputs(outputs)
 
     def _runtime_crashed(self, where: str, exc: Exception) -> None:
-        """The runtime raised: answer its action and the queued ones, then exit this incarnation.
+        """The runtime raised: answer its action, then restart the runtime in place.
 
-        Its state is unknown, so it is not driven further: the supervisor restarts the session
-        (a new incarnation, a new runtime, connections resumed) or, after ``restart_intensity``
-        crashes, marks it failed and tells its connections.
+        Its state is unknown, so it is stopped and replaced by a new instance (constructed
+        and started like at activation); the queued actions then run on the new one and no
+        connection is detached, so nothing in flight is lost. After ``restart_intensity``
+        crashes within ``restart_period`` the session gives up: the supervisor marks it
+        failed, tells its connections and ends this actor.
         """
+        assert self.cfg is not None
         why = f"runtime error in {where}: {exc.__class__.__name__}"
         events = [error_observation(why, self.running)] if self.running is not None else []
-        events += [error_observation(NOT_RUN, queued["id"]) for queued in self.queue]
-        self.queue.clear()
         self.running = None
-        self.crashed = True
-        try:  # no more hooks of this runtime run: its fds and deadlines are dropped with it
-            self.runtime.stop()  # type: ignore[union-attr]
-        except Exception:
-            log.exception("session %s: the runtime's stop() raised", self.session_id)
-        self.started = False
         self._send_to(list(self.conns), [status_update("ERROR_RUNTIME", why, "error")])
+        self._stop_runtime()
         if events:
             self._emit([e.fields for e in events])
-        self.send(self.myAddress, ActorExitRequest())
+        now = time.monotonic()
+        while self.crashes and self.crashes[0] < now - self.cfg.restart_period:
+            self.crashes.popleft()
+        if len(self.crashes) >= self.cfg.restart_intensity:
+            self._give_up()
+            return
+        self.crashes.append(now)
+        self.runtime = self._new_runtime()
+        outputs: list[Output] = []
+        if self.runtime is not None:
+            try:
+                outputs = self.runtime.start()
+            except Exception:
+                log.exception("session %s: the restarted runtime's start() raised", self.session_id)
+                self.runtime = None
+        if self.runtime is None:
+            self._give_up()
+            return
+        self.started = True
+        restarted = status_update("RUNTIME_RESTARTED", f"The runtime was restarted after a {why}")
+        self._send_to(list(self.conns), [restarted])
+        self._handle_outputs(outputs)
+
+    def _stop_runtime(self) -> None:
+        if self.runtime is not None:
+            try:
+                self.runtime.stop()
+            except Exception:
+                log.exception("session %s: the runtime's stop() raised", self.session_id)
+        self.started = False
+
+    def _give_up(self) -> None:
+        """Too many runtime crashes: answer what is queued, and let the supervisor fail us."""
+        self.crashed = True
+        if self.queue:
+            self._emit([error_observation(NOT_RUN, queued["id"]).fields for queued in self.queue])
+            self.queue.clear()
+        why = "Session failed repeatedly; send initialize again to retry"
+        self.send(self.supervisor, SessionFailed(self.session_id or "", self.incarnation, why))

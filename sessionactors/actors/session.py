@@ -49,7 +49,7 @@ from ..messages import (
     Frame,
 )
 from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
-from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observation, load_runtime
+from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observation
 from ..store import Store, open_store
 from .agentstate import AgentStates
 from .passivation import NOT_RUN, SessionTimers
@@ -78,8 +78,10 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.store: Store | None = None
         self.runtime: Runtime | None = None
         self.runtime_error: str | None = None  # why the runtime could not be constructed
+        self.runtime_ctx: RuntimeContext | None = None
         self.running: int | None = None  # the id of the action the runtime is executing
-        self.crashed = False  # the runtime raised: this incarnation exits, the supervisor restarts it
+        self.crashed = False  # the runtime failed too often: the supervisor marks the session failed
+        self.crashes: deque[float] = deque()  # when the runtime last raised (restart intensity)
         self.started = False
         self.session_id: str | None = None
         self.incarnation = 0
@@ -181,6 +183,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self._reset_agent_state()
         self.running = None
         self.crashed = False
+        self.crashes.clear()
         self.session_id = msg.session_id
         self.incarnation = msg.incarnation
         self.created = msg.created
@@ -191,7 +194,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             raise SessionActorsError(f"no record for session {msg.session_id}")
         self.next_id = self.store.last_event_id(msg.session_id) + 1
         workspace = self.cfg.workspaces_dir / msg.session_id
-        ctx = RuntimeContext(
+        self.runtime_ctx = RuntimeContext(
             session_id=msg.session_id,
             workspace=workspace,
             options=dict(self.cfg.runtime_options),
@@ -199,11 +202,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             args=dict(record.args),
             secrets=self.secrets,
         )
-        try:
-            self.runtime, self.runtime_error = load_runtime(self.cfg.runtime)(ctx), None
-        except Exception as exc:  # a plugin's bug (e.g. it assigns the read-only `busy`)
-            log.exception("session %s: the runtime's constructor raised", msg.session_id)
-            self.runtime, self.runtime_error = None, f"runtime failed to start: {exc.__class__.__name__}"
+        self.runtime = self._new_runtime()
         self.state = "live"
         if self._bridge_path:
             self.outbox = LinkOutbox(
@@ -343,7 +342,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             return
         self._note_action(event)
         self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
-        if self.crashed:  # arrived between the runtime's failure and this actor's exit
+        if self.crashed:  # arrived after the session gave up on its runtime, before its end
             self._emit([error_observation(NOT_RUN, event["id"]).fields])
         elif self.runtime.ready and not self.runtime.busy and not self.queue:
             self._begin(event)
@@ -380,9 +379,9 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self._after_runtime_progress()
 
     def _after_runtime_progress(self) -> None:
-        assert self.runtime is not None
-        if self.crashed:
+        if self.crashed:  # gave up on the runtime: the supervisor ends this actor
             return
+        assert self.runtime is not None
         while self.queue and self.runtime.ready and not self.runtime.busy:
             self._begin(self.queue.popleft())
             if self.crashed:

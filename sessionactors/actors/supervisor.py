@@ -54,6 +54,7 @@ from ..messages import (
     Passivated,
     Query,
     QueryReply,
+    SessionFailed,
     Shutdown,
 )
 from ..protocol import error_frame, status_update
@@ -145,6 +146,8 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self._on_poison(msg)
         elif isinstance(msg, Shutdown):
             self._on_shutdown(sender)
+        elif isinstance(msg, SessionFailed):
+            self._on_session_failed(msg)
         elif isinstance(msg, GatewayStopping):
             self.gateway_stopping = True
             self.send(sender, msg)
