@@ -249,7 +249,7 @@ def _stop(cfg: Config) -> int:
         print(f"the daemon (pid {state and state['pid']}) is gone but left its actor system running "
               f"({len(orphans)} processes): ending it")  # fmt: skip
         end_processes(orphans)
-        for name in ("daemon.json", "admin.token"):
+        for name in ("daemon.json", "admin.token", "bridge.sock"):  # what the dead daemon would remove
             (cfg.run_dir / name).unlink(missing_ok=True)
         left = [p for p in orphans if pid_alive(p)]
         if left:
