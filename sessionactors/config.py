@@ -97,7 +97,7 @@ class Config:
     web_client: Path | None = None
     openhands_compat: str = "auto"
     secret_arg_patterns: tuple[str, ...] = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*")
-    max_inits_per_connection: int = 10
+    max_inits_per_connection: int = 60
     upload_max_file_bytes: int = 10_000_000
     upload_max_files: int = 100
     options_models: tuple[str, ...] = ()

@@ -22,6 +22,7 @@ runtime's Ctrl-C, then SIGKILL, path).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import action_event_fields
@@ -37,6 +38,12 @@ __all__ = ["AgentStates", "agent_state_fields"]
 log = logging.getLogger("sessionactors.session")
 
 _INTERRUPTING = ("stopped", "paused")
+# ``init`` is recorded at least this long after the runtime started to start. The client
+# stores its token only when the token frame is the last of a render batch, and it calls the
+# REST API (with that token) as soon as it sees ``init``: a new session's ``init`` arriving
+# together with its token frame would leave the client without a token (seen in Chromium:
+# 401 on /api/list-files). A pause lets the token frames be handled on their own first.
+INIT_STATE_DELAY = 0.3
 
 
 def agent_state_fields(state: str) -> dict[str, Any]:
@@ -66,16 +73,25 @@ class AgentStates:
         def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
         def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None: ...
         def _runtime_crashed(self, where: str, exc: Exception) -> None: ...
+        def wakeupAfter(self, delay: float, payload: Any = None) -> None: ...
 
     agent_state: str | None = None
     hidden_causes: set[int]
     held_output: dict[int, str]
+    init_not_before = 0.0
 
     def _reset_agent_state(self) -> None:
         """A new incarnation: its runtime is not started, nothing is held."""
         self.agent_state = None
         self.hidden_causes = set()
         self.held_output = {}
+
+    def _agent_loading(self) -> None:
+        """The runtime is about to start."""
+        if self._openhands:
+            self.init_not_before = time.monotonic() + INIT_STATE_DELAY
+            self.wakeupAfter(INIT_STATE_DELAY, payload="agent_init")
+        self._agent_state("loading")
 
     @property
     def _openhands(self) -> bool:
@@ -92,15 +108,19 @@ class AgentStates:
             self.hidden_causes.add(event["id"])
 
     def _agent_busy(self) -> None:
+        if self.agent_state == "loading" and self.runtime is not None and self.runtime.ready:
+            self._agent_state("init")  # an action came before the delay ended: in order anyway
         self._agent_state("running")
 
-    def _agent_progress(self) -> None:
-        """After runtime progress: the runtime came up, or the last action ended."""
+    def _agent_progress(self, due: bool = False) -> None:
+        """After runtime progress (or the ``agent_init`` wakeup): the runtime came up, or the
+        last action ended."""
         runtime = self.runtime
         if runtime is None:
             return
         if self.agent_state == "loading" and runtime.ready:
-            self._agent_state("init")
+            if due or time.monotonic() >= self.init_not_before:
+                self._agent_state("init")
         elif self.agent_state == "running" and not runtime.busy and not self.queue:
             self._agent_state("awaiting_user_input")
 

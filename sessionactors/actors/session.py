@@ -110,6 +110,8 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         elif isinstance(msg, WakeupMessage):
             if msg.payload == "metrics":
                 self.samples_armed = False
+            elif msg.payload == "agent_init":
+                self._agent_progress(due=True)
             self._on_wakeup(msg.payload)
         elif isinstance(msg, Configure):
             self.cfg = Config.from_json(msg.config_json)
@@ -277,6 +279,8 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
                 break
             self._send_to([conn], page)
             start = page[-1]["id"] + 1
+        if answer and self._openhands:  # its handler reads only the last frame of a batch
+            self.outbox_send({"t": "init_done", "conn": conn, "session_id": self.session_id})
         self.conns[conn] = None
         if answer:
             self.send(self.supervisor, Attached(self.session_id, conn))
@@ -289,7 +293,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         if not self.created:
             self._send_to([conn], [status_update("REHYDRATING", "Restoring the session")])
         self._send_to([conn], [status_update("STARTING_RUNTIME", "Starting the runtime")])
-        self._agent_state("loading")
+        self._agent_loading()
         try:
             outputs = self.runtime.start()
         except RuntimeStartError as exc:

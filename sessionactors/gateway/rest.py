@@ -24,6 +24,9 @@ from ..bridge import INSTANCE_ENV, INSTANCE_HEADER
 from ..config import Config
 from ..errors import AuthError, Forbidden, InvalidToken
 from ..store import Store, open_store
+from .openhands_api import ROUTES as OPENHANDS_ROUTES
+from .openhands_api import OpenHandsApi
+from .webclient import WebClient
 
 if TYPE_CHECKING:
     from ..auth.github import GitHubVerifier
@@ -70,6 +73,8 @@ class RestApp:
         self._store: Store | None = None
         # Which daemon this is (daemon.INSTANCE_ENV): `start` waits for its own, not any.
         self.instance = os.environ.get(INSTANCE_ENV, "")
+        self.openhands = OpenHandsApi(gateway, cfg, self._authorize)
+        self.web = WebClient(cfg.web_client) if cfg.web_client is not None else None
 
     @property
     def store(self) -> Store:
@@ -85,8 +90,15 @@ class RestApp:
             start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                       ("Content-Length", str(len(data)))])  # fmt: skip
             return [data]
-        if method == "GET" and (path == "/" or path.startswith("/static/")):
-            return self._static("index.html" if path == "/" else path[len("/static/") :], start_response)
+        if path.rstrip("/") in OPENHANDS_ROUTES:
+            return self.openhands(environ, start_response)
+        console = "/" if self.web is None else "/console/"  # a web client takes "/" (docs/configuration.md)
+        if method == "GET" and path in (console, "/console/", "/console"):
+            return self._static("index.html", start_response)
+        if method == "GET" and path.startswith("/static/"):
+            return self._static(path[len("/static/") :], start_response)
+        if self.web is not None and not path.startswith("/api/") and path != "/api":
+            return self.web(environ, start_response)
         try:
             status, body = self.route(method, path, environ)
         except Exception:

@@ -38,8 +38,9 @@ from ..config import Config  # noqa: E402
 from ..errors import GATEWAY_BIND_FAILED, ActionError, AuthError, InvalidToken  # noqa: E402
 from ..logs import setup_logging  # noqa: E402
 from ..metrics import GatewayMetrics  # noqa: E402
-from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init  # noqa: E402
+from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init, split_secrets  # noqa: E402
 from .fanout import Fanout, limit_poll_batches  # noqa: E402
+from .initguard import InitGuard  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
@@ -102,6 +103,7 @@ class Gateway(Fanout, LinkServer):
         # that came after it, held in order: one INIT at a time per connection)
         self.pending_init: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
         self.buckets: dict[str, _Bucket] = {}
+        self.inits = InitGuard(signer, cfg.max_inits_per_connection)
         self.replies: dict[int, GreenEvent] = {}
         self._req = itertools.count(1)
         self.counters: dict[str, int] = {"events_sent": 0, "slow_disconnects": 0}
@@ -131,6 +133,7 @@ class Gateway(Fanout, LinkServer):
         self.conn_session.pop(sid, None)
         self.conn_last.pop(sid, None)
         self.pending_init.pop(sid, None)
+        self.inits.forget(sid)
         if self.supervisor is not None:
             self.supervisor.send({"t": "disconnect", "conn": sid})
 
@@ -177,8 +180,12 @@ class Gateway(Fanout, LinkServer):
         except ActionError as exc:
             self._error(sid, str(exc), 400)
             return False
+        if not self.inits.allow(sid):
+            self._error(sid, "Too many initialize requests on this connection", 429)
+            return False
         session_id = user_id = login = None
         token_version = 0
+        claims = None
         try:
             if req.token is not None:
                 claims = self.signer.verify(req.token)
@@ -203,13 +210,16 @@ class Gateway(Fanout, LinkServer):
             return False
         held = self.pending_init.get(sid, (None, []))[1]
         self.pending_init[sid] = (req.latest_event_id, held)
+        self.inits.present(sid, req.token, claims)
+        args, secrets = split_secrets(req.args, self.cfg.secret_arg_patterns)
         frame = {
             "t": "init",
             "conn": sid,
             "session_id": session_id,
             "user_id": user_id,
             "user_login": login,
-            "args": req.args,
+            "args": args,
+            "secrets": secrets,  # memory only: the supervisor stores ``args`` alone
             "latest_event_id": req.latest_event_id,
             "token_version": token_version,  # the supervisor refuses a revoked one
         }
@@ -250,6 +260,10 @@ class Gateway(Fanout, LinkServer):
             self._init_ok(
                 frame["conn"], frame["session_id"], frame.get("token_version", 0), frame.get("latest")
             )
+        elif kind == "init_done":  # openhands mode: the token again, as the last frame of the answer
+            conn, token = frame["conn"], self.inits.answered.get(frame["conn"])
+            if token is not None and self.conn_session.get(conn) == frame.get("session_id"):
+                self._emit_one(conn, {"status": "ok", "token": token, "session_id": frame["session_id"]})
         elif kind == "detach":
             self.conn_session.pop(frame["conn"], None)
         elif kind == "metrics":
@@ -291,7 +305,7 @@ class Gateway(Fanout, LinkServer):
             return
         self.conn_session[conn] = session_id
         self.conn_last[conn] = -1 if latest is None else latest
-        token = self.signer.issue(session_id, token_version)
+        token = self.inits.answer(conn, session_id, token_version)
         self._emit_one(conn, {"status": "ok", "token": token, "session_id": session_id})
         self.metrics.inits.labels("ok").inc()
         self._flush_held(conn)
