@@ -2,7 +2,8 @@
 
 ``run`` answers with the command text as output (exit code 0), except
 ``sleep N`` which keeps the runtime busy for N seconds (deadline-driven, no
-thread, so it works on every Thespian base) and ``fail`` which exits 1;
+thread, so it works on every Thespian base), ``fail`` which exits 1, and ``secret-names``
+which lists the names of the INIT secrets the runtime holds in memory;
 ``write``/``read`` use an in-memory file table that survives passivation
 through ``state()``; ``message`` gets no reaction.
 
@@ -73,6 +74,9 @@ class EchoRuntime(Runtime):
                 self._pending = (time.monotonic() + seconds, action_event)
                 return []
             exit_code = 1 if command == "fail" else 0
+            if command == "secret-names":  # what reached the runtime in memory (names, never values)
+                names = " ".join(sorted(self.ctx.secrets))
+                return [observation("run", names + "\n", cause, {"command": command, "exit_code": 0})]
             return [observation("run", command + "\n", cause, {"command": command, "exit_code": exit_code})]
         if name == "write":
             self._files[args["path"]] = args["content"]
