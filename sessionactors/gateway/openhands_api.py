@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from ..config import Config
@@ -36,7 +36,7 @@ from ..errors import InvalidToken
 from .webclient import CHUNK
 
 if TYPE_CHECKING:
-    from .rest import GatewayPort
+    from ..auth.tokens import TokenSigner
 
 __all__ = ["OpenHandsApi", "ROUTES", "UPLOAD_BODY_FACTOR"]
 
@@ -57,6 +57,17 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
             500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 Authorize = Callable[[str, dict[str, Any]], "tuple[int, Any]"]
+
+
+class GatewayPort(Protocol):
+    """What these routes need of the gateway (``rest.GatewayPort`` has it; named here so that
+    the two modules do not import each other)."""
+
+    signer: TokenSigner
+
+    def query(
+        self, op: str, session_id: str | None = None, timeout: float = 5.0, **extra: Any
+    ) -> tuple[int, Any]: ...
 
 
 class _Answer(Exception):
