@@ -3,6 +3,14 @@
 # and check that the run left no process of ours behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# tests/test_openhands_frontend.py drives this build; it skips where the checkout has no
+# ../shared, but in CI it must run: say so at once rather than skip.
+OPENHANDS_BUILD=../shared/clients/openhands-frontend-0dde1602c2/build
+if [ -n "${CI:-}" ] && [ ! -f "$OPENHANDS_BUILD/index.html" ]; then
+    echo "tests/run.sh: CI is set but the OpenHands frontend build is missing:" \
+        "$(realpath -m "$OPENHANDS_BUILD")/index.html (needed by tests/test_openhands_frontend.py)" >&2
+    exit 1
+fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 if [ -f tests/js/package.json ] && command -v npm >/dev/null; then
     (cd tests/js && npm install --silent --no-audit --no-fund)

@@ -139,6 +139,8 @@ def test_openhands_frontend_runs_a_session_end_to_end(browser: Any, daemon_facto
     assert "line-a" in rows and "line-b" in rows, rows  # each line starts at column 0: no staircase
     # The file explorer shows the file the command created.
     expect(a.get_by_test_id("file-explorer").get_by_text("created.txt")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    a.screenshot(path=str(ARTIFACTS / "openhands-frontend.png"))  # docs/openhands-frontend.png
 
     # A second tab sees the first tab's history, and then its new commands.
     b = w.open(d.url + "/app")
@@ -157,8 +159,6 @@ def test_openhands_frontend_runs_a_session_end_to_end(browser: Any, daemon_facto
     expect(terminal(a)).to_contain_text("from-tab-a")
     expect(terminal(a)).to_contain_text("first-done")
     expect(a.get_by_text("Agent is awaiting user input")).to_be_visible()
-    ARTIFACTS.mkdir(exist_ok=True)
-    a.screenshot(path=str(ARTIFACTS / "openhands-frontend.png"))
 
     # All tabs close; after close_delay the session passivates; reopening rehydrates it.
     a.close()
