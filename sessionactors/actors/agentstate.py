@@ -25,7 +25,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import action_event_fields
+from ..errors import StoreError
+from ..protocol import action_event_fields, error_frame
 
 if TYPE_CHECKING:
     from collections import deque
@@ -74,6 +75,7 @@ class AgentStates:
         def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None: ...
         def _runtime_crashed(self, where: str, exc: Exception) -> None: ...
         def wakeupAfter(self, delay: float, payload: Any = None) -> None: ...
+        def _send_to(self, conns: list[str], payloads: list[dict[str, Any]]) -> None: ...
 
     agent_state: str | None = None
     hidden_causes: set[int]
@@ -124,10 +126,14 @@ class AgentStates:
         elif self.agent_state == "running" and not runtime.busy and not self.queue:
             self._agent_state("awaiting_user_input")
 
-    def _change_agent_state(self, action: dict[str, Any]) -> None:
+    def _change_agent_state(self, conn: str, action: dict[str, Any]) -> None:
         """``change_agent_state``: stored; ``stopped``/``paused`` interrupt like a Ctrl-C."""
         assert self.runtime is not None
-        self._emit([action_event_fields(action)])
+        try:
+            self._emit([action_event_fields(action)])
+        except StoreError:  # nothing was stored or done: the sender must know
+            self._send_to([conn], [error_frame("The action could not be stored; try again", 503)])
+            return
         wanted = action["args"]["agent_state"]
         outputs: list[Output] = []
         if wanted in _INTERRUPTING:

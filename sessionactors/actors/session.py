@@ -325,7 +325,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             self._send_to([conn], [error_frame(NOT_ATTACHED, 400)])
             return
         if action["action"] == "change_agent_state":  # the session's own action, never queued
-            self._change_agent_state(action)
+            self._change_agent_state(conn, action)
             return
         try:
             self.runtime.validate(action)

@@ -158,6 +158,16 @@ class TokenSigner:
             raise InvalidToken("issued in the future")
         return TokenClaims(session_id=sid, issued_at=iat, expires_at=exp, token_version=ver)
 
+    def signed_by_current(self, token: str) -> bool:
+        """True when ``token`` is signed with the secret that signs now (not a previous one
+        kept after a rotation): a rejoin with an older one is answered with a new token."""
+        options: Any = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
+        try:
+            jwt.decode(token, self._current()[0], algorithms=[self.algorithm], options=options)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            return False
+        return True
+
     def _decode(self, token: str) -> dict[str, Any]:
         """Check the signature against every secret, the algorithm, the issuer, required claims.
 

@@ -5,7 +5,8 @@ drops its socket and INITs again with the new one. A server that signs a fresh t
 every INIT drives it into a reconnect loop (1,900 websocket connections in two minutes with
 two tabs). So an INIT that presents a valid token for the session it joins is answered with
 that same token, unless its remaining lifetime is below ``REFRESH_FRACTION`` of
-``token_ttl`` (then one new token: one reconnect of the client). And one connection may send
+``token_ttl``, or it was signed with a secret since rotated (then one new token: one
+reconnect of the client). And one connection may send
 at most ``max_inits_per_connection`` INITs per ``WINDOW`` seconds; the rest are refused
 (429) and the first refusal is logged, so that no other client can loop us either.
 """
@@ -74,6 +75,7 @@ class InitGuard:
                 claims.session_id == session_id
                 and claims.token_version == token_version
                 and remaining > self.signer.ttl * REFRESH_FRACTION
+                and self.signer.signed_by_current(presented)  # after a rotation: re-signed
             ):
                 token = presented
         if token is None:
