@@ -84,12 +84,16 @@ class Config:
     max_live_sessions: int = 1000
     # Gateway
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_frame_bytes: int = 1_000_000
     max_field_bytes: int = 256_000
     max_connections_per_session: int = 32
     rate_limit: float = 50.0
     rate_burst: int = 100
     send_buffer: int = 5000
+    send_buffer_bytes: int = 8_000_000
+    http_idle_timeout: float = 45.0
+    max_http_connections: int = 10000
     link_wait: float = 10.0
     log_json: bool = False
     log_level: str = "info"
@@ -166,6 +170,8 @@ class Config:
             "max_live_sessions",
             "rate_burst",
             "send_buffer",
+            "send_buffer_bytes",
+            "max_http_connections",
             "log_max_bytes",
         ):
             if getattr(self, key) <= 0:
@@ -175,6 +181,13 @@ class Config:
                 "max_field_bytes",
                 f"must not exceed max_frame_bytes ({self.max_frame_bytes}); it is {self.max_field_bytes}",
             )
+        if self.http_idle_timeout <= 0:
+            raise ConfigError("http_idle_timeout", "must be > 0 seconds")
+        for entry in self.allowed_hosts:
+            if entry != "*" and not re.fullmatch(
+                r"(\*\.)?[A-Za-z0-9_.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", entry
+            ):
+                raise ConfigError("allowed_hosts", f"{entry!r} is not a host name, name:port or *")
         if self.openhands_compat not in ("auto", "on", "off"):
             raise ConfigError("openhands_compat", "must be auto, on or off")
         if self.web_client is not None and not (self.web_client / "index.html").is_file():

@@ -1,7 +1,8 @@
 """How the gateway queues frames to connections: each payload encoded once, queued to every
-target's Engine.IO socket, and a connection that falls ``send_buffer`` frames behind
-dropped (see docs/protocol.md, *Slow clients*), so that a stuck tab never slows its session
-or the other tabs. ``Fanout`` is a mixin of ``Gateway``; ``limit_poll_batches`` keeps
+target's Engine.IO socket, and a connection that falls ``send_buffer`` frames or
+``send_buffer_bytes`` bytes behind dropped (see docs/protocol.md, *Slow clients*), so that
+a stuck tab never slows its session or the other tabs, and the gateway's memory stays
+bounded (issue 18: 1 MB events to a client that never read grew it by 530 MB). ``Fanout`` is a mixin of ``Gateway``; ``limit_poll_batches`` keeps
 polling answers within what python-engineio's client decodes.
 """
 
@@ -46,9 +47,16 @@ class Fanout:
         for conn in conns:
             eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
-            if sock is not None and _backlog(sock) > self.cfg.send_buffer:
+            if sock is not None and self._over(sock, 0):
                 eventlet.sleep(0)
                 return
+
+    def _over(self, sock: Any, size: int) -> bool:
+        """Would ``size`` more bytes put ``sock`` over its budget? A frame alone always fits."""
+        if _backlog(sock) > self.cfg.send_buffer:
+            return True
+        queued = queued_bytes(sock)
+        return queued > 0 and queued + size > self.cfg.send_buffer_bytes
 
     def _emit_many(self, conns: list[str], payload: dict[str, Any]) -> None:
         """Encode once, queue to every connection; drop a connection whose queue is full."""
@@ -58,15 +66,20 @@ class Fanout:
             eio_packet.Packet(eio_packet.MESSAGE, p)
             for p in (encoded if isinstance(encoded, list) else [encoded])
         ]
+        size = 0
+        for p in eio_pkts:
+            p.sa_bytes = len(p.data) if isinstance(p.data, (str, bytes)) else 0
+            size += p.sa_bytes
         stored = isinstance(payload.get("id"), int)
         for conn in conns:
             eio_sid = self.sio.manager.eio_sid_from_sid(conn, "/")
             sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
             if sock is None:
                 continue
-            if _backlog(sock) > self.cfg.send_buffer:
-                self._drop_slow(conn)
+            if self._over(sock, size):
+                self._drop_slow(conn, sock)
                 continue
+            sock.sa_bytes = queued_bytes(sock) + size
             for p in eio_pkts:
                 self.sio.eio.send_packet(eio_sid, p)
             self.counters["events_sent"] += 1
@@ -76,8 +89,13 @@ class Fanout:
     def _emit_one(self, conn: str, payload: dict[str, Any]) -> None:
         self._emit_many([conn], payload)
 
-    def _drop_slow(self, conn: str) -> None:
-        log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
+    def _drop_slow(self, conn: str, sock: Any) -> None:
+        log.warning(
+            "connection %s fell %d frames (%d bytes) behind; disconnecting it",
+            conn,
+            _backlog(sock),
+            queued_bytes(sock),
+        )
         self.counters["slow_disconnects"] += 1
         self.metrics.slow.inc()
         self.buckets.pop(conn, None)  # no more frames for it
@@ -87,6 +105,11 @@ class Fanout:
 def _backlog(sock: Any) -> int:
     """Packets queued to an Engine.IO socket and not sent yet (held ones included)."""
     return int(sock.queue.qsize()) + len(getattr(sock, "_held_packets", ()))
+
+
+def queued_bytes(sock: Any) -> int:
+    """Bytes of ``oh_event`` frames queued to an Engine.IO socket, held, or being written."""
+    return int(getattr(sock, "sa_bytes", 0))
 
 
 POLL_BATCH = 16
@@ -100,6 +123,9 @@ def limit_poll_batches() -> None:
     ``Socket.poll`` drains the whole queue into one answer; the packets past the batch are
     held on the socket and come first in its next answer (the order is kept). The
     websocket writer drains through ``poll`` too; it sends each packet on its own anyway.
+    It also keeps ``queued_bytes``: the batch handed out counts until the next ``poll``
+    (the writer asks again once it has written the batch, a polling client once it has
+    read its answer).
     """
     from engineio import socket as eio_socket
 
@@ -108,10 +134,14 @@ def limit_poll_batches() -> None:
     drain = eio_socket.Socket.poll
 
     def poll(self: Any) -> list[Any]:
+        self.sa_bytes = max(0, queued_bytes(self) - getattr(self, "sa_inflight", 0))
+        self.sa_inflight = 0
         held: list[Any] = getattr(self, "_held_packets", [])
         packets = held if held else drain(self)
         self._held_packets = packets[POLL_BATCH:]
-        return packets[:POLL_BATCH]
+        batch = packets[:POLL_BATCH]
+        self.sa_inflight = sum(getattr(p, "sa_bytes", 0) for p in batch)
+        return batch
 
     poll.batched = True  # type: ignore[attr-defined]
     eio_socket.Socket.poll = poll

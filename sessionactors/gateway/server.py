@@ -40,29 +40,14 @@ from ..logs import setup_logging  # noqa: E402
 from ..metrics import GatewayMetrics  # noqa: E402
 from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init, split_secrets  # noqa: E402
 from .fanout import Fanout, limit_poll_batches  # noqa: E402
+from .guards import Bucket, LogLimiter, close_on_malformed, guard_events, wire_logger  # noqa: E402
+from .hosts import HostGuard  # noqa: E402
 from .initguard import InitGuard  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
 
 log = logging.getLogger("sessionactors.gateway")
-
-
-class _Bucket:
-    """Token bucket: the per-connection action rate limit."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class Gateway(Fanout, LinkServer):
@@ -72,26 +57,27 @@ class Gateway(Fanout, LinkServer):
         self.cfg = cfg
         self.signer = signer
         self.verifier = verifier
-        # python-engineio: None checks that a browser's Origin is the server's own; [] would
-        # disable the check entirely (any site could open a websocket here).
-        cors: Any = None
-        if "*" in cfg.cors_origins:
-            cors = "*"
-        elif cfg.cors_origins:
-            cors = self._origin_allowed  # the configured origins, and still the server's own
+        # Host and Origin are checked by ``hosts`` in front of every route; python-engineio is
+        # given the same origin check for its CORS headers ([] would disable both).
+        self.hosts = HostGuard(cfg)
+        cors: Any = "*" if "*" in cfg.cors_origins else self.hosts.origin_allowed
+        limiter = LogLimiter()
+        wire_logger("sessionactors.gateway.wire", limiter, logging.INFO)
         # Engine.IO payloads (polling) are refused whole, silently, beyond this many packets
         # (python-engineio's default is 16, and socket.io-client batches every buffered packet
         # into one POST): let the size limit, max_frame_bytes, be the only limit.
         eio_payload.Payload.max_decode_packets = max(16, cfg.max_frame_bytes // 2)
         limit_poll_batches()
+        close_on_malformed()
         self.sio = socketio.Server(
             async_mode="eventlet",
             async_handlers=False,  # one connection's actions stay in the order they were sent
             cors_allowed_origins=cors,
             max_http_buffer_size=cfg.max_frame_bytes,
-            logger=False,
-            engineio_logger=False,
+            logger=wire_logger("sessionactors.gateway.socketio", limiter),
+            engineio_logger=wire_logger("sessionactors.gateway.engineio", limiter),
         )
+        guard_events(self.sio, self._on_reserved)
         self.sio.on("connect", self.on_connect)
         self.sio.on("oh_action", self.on_oh_action)
         self.sio.on("disconnect", self.on_disconnect)
@@ -102,7 +88,8 @@ class Gateway(Fanout, LinkServer):
         # conn -> (latest_event_id of its INIT in flight, or None while answering it; the frames
         # that came after it, held in order: one INIT at a time per connection)
         self.pending_init: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
-        self.buckets: dict[str, _Bucket] = {}
+        self.buckets: dict[str, Bucket] = {}
+        self.live: set[str] = set()  # connected sids: a disconnect is counted once
         self.inits = InitGuard(signer, cfg.max_inits_per_connection)
         self.replies: dict[int, GreenEvent] = {}
         self._req = itertools.count(1)
@@ -112,22 +99,24 @@ class Gateway(Fanout, LinkServer):
         # INITs waiting for a supervisor link: (deadline, frame), oldest first
         self.parked: list[tuple[float, dict[str, Any]]] = []
 
-    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
-        """CORS with ``cors_origins`` set: those origins, plus this server's own."""
-        if origin is None:
-            return False
-        if origin in self.cfg.cors_origins:
-            return True
-        host = environ.get("HTTP_HOST")
-        return bool(host) and origin == f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
-
     # -- Socket.IO handlers ----------------------------------------------------------
     def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        self.buckets[sid] = _Bucket(self.cfg.rate_limit, self.cfg.rate_burst)
+        self.buckets[sid] = Bucket(self.cfg.rate_limit, self.cfg.rate_burst)
+        self.live.add(sid)
         self.metrics.connections.inc()
         return True
 
+    def _on_reserved(self, sid: str | None, name: Any) -> None:
+        """An event named ``connect``, ``disconnect``... from a client: never dispatched."""
+        bucket = self.buckets.get(sid) if sid is not None else None
+        if sid is None or bucket is None or not bucket.take():
+            return  # not connected, or flooding: ignored
+        self._error(sid, f"Event name {str(name)[:40]!r} is reserved; send actions as oh_action", 400)
+
     def on_disconnect(self, sid: str, *args: Any) -> None:
+        if sid not in self.live:
+            return
+        self.live.discard(sid)
         self.metrics.connections.dec()
         self.buckets.pop(sid, None)
         self.conn_session.pop(sid, None)
@@ -401,8 +390,8 @@ def build(cfg: Config) -> tuple[Gateway, Any]:
         cfg.github_api_url, timeout=cfg.github_timeout, cache_ttl=cfg.github_cache_ttl, allowlist=allowlist
     )
     gateway = Gateway(cfg, signer, verifier)
-    app = socketio.WSGIApp(gateway.sio, RestApp(gateway, cfg))
-    return gateway, app
+    gateway.hosts.app = socketio.WSGIApp(gateway.sio, RestApp(gateway, cfg))
+    return gateway, gateway.hosts
 
 
 def main() -> None:
@@ -423,7 +412,17 @@ def main() -> None:
         log.error("gateway: cannot listen on %s:%d: %s", cfg.host, cfg.port, exc.strerror or exc)
         raise SystemExit(GATEWAY_BIND_FAILED) from None
     log.info("gateway listening on http://%s:%d", cfg.host, listener.getsockname()[1])
-    eventlet.wsgi.server(listener, app, log_output=False, max_size=10000, socket_timeout=None)
+    # A connection that sends no request line (first or next) within http_idle_timeout is
+    # closed: silent connections cannot hold every green thread of the pool (issue 18).
+    timeout = cfg.http_idle_timeout
+    eventlet.wsgi.server(
+        listener,
+        app,
+        log_output=False,
+        max_size=cfg.max_http_connections,
+        socket_timeout=timeout,
+        keepalive=timeout,
+    )
 
 
 if __name__ == "__main__":
