@@ -288,7 +288,7 @@ def test_a_client_that_never_reads_is_dropped_by_bytes(tmp_path: Path) -> None:
         print(
             f"gateway RSS {rss_before / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB (+{grown:.0f} MB) for 72 MB sent"
         )
-        assert grown < 40, f"the gateway grew by {grown:.0f} MB"
+        assert grown < 60, f"the gateway grew by {grown:.0f} MB"
         assert len([f for f in owner.frames if f.get("observation") == "run"]) == 40  # nothing lost for it
         sleeper.close()
         owner.close()

@@ -719,7 +719,7 @@ def handshake(daemon: DaemonProcess, origin: str | None) -> tuple[int, dict[str,
 
 def test_cors_default_is_same_origin_only(strict: DaemonProcess) -> None:
     status, headers, body = handshake(strict, "http://evil.example")
-    assert status == 400, (status, body)
+    assert status == 403, (status, body)  # refused by the Host/Origin guard (issue 18)
     assert "Access-Control-Allow-Origin" not in headers
     with pytest.raises(websocket.WebSocketBadStatusException):
         RawSocketIO(strict.url, origin="http://evil.example")
@@ -737,7 +737,7 @@ def test_cors_configured_origin_is_accepted(broken: DaemonProcess) -> None:
     assert status == 200 and body.startswith("0{"), (status, body)
     assert headers.get("Access-Control-Allow-Origin") == "http://ok.example"
     RawSocketIO(broken.url, origin="http://ok.example").close()
-    assert handshake(broken, "http://evil.example")[0] == 400
+    assert handshake(broken, "http://evil.example")[0] == 403
     same = f"http://127.0.0.1:{broken.port}"  # the server's own origin stays allowed
     status, headers, _ = handshake(broken, same)
     assert status == 200 and headers.get("Access-Control-Allow-Origin") == same

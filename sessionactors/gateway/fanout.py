@@ -90,12 +90,15 @@ class Fanout:
         self._emit_many([conn], payload)
 
     def _drop_slow(self, conn: str, sock: Any) -> None:
-        log.warning(
-            "connection %s fell %d frames (%d bytes) behind; disconnecting it",
-            conn,
-            _backlog(sock),
-            queued_bytes(sock),
-        )
+        if _backlog(sock) > self.cfg.send_buffer:
+            log.warning("connection %s fell %d frames behind; disconnecting it", conn, self.cfg.send_buffer)
+        else:
+            log.warning(
+                "connection %s has %d bytes queued (send_buffer_bytes %d); disconnecting it",
+                conn,
+                queued_bytes(sock),
+                self.cfg.send_buffer_bytes,
+            )
         self.counters["slow_disconnects"] += 1
         self.metrics.slow.inc()
         self.buckets.pop(conn, None)  # no more frames for it

@@ -30,6 +30,7 @@ __all__ = [
     "LogLimiter",
     "close_on_malformed",
     "guard_events",
+    "tag_connection",
     "wire_logger",
 ]
 
@@ -109,9 +110,9 @@ def close_on_malformed() -> None:
 class LogLimiter(logging.Filter):
     """A filter bounding the log bytes of wire errors, per connection and in all.
 
-    The connection is the current green thread: eventlet runs each HTTP connection (a
-    websocket, or the keep-alive connection of polling requests) in one green thread. A
-    traceback is kept the first time its exception type and message head are seen, and
+    The connection is what ``tag_connection`` noted on the current green thread (eventlet
+    serves each request in one): the Engine.IO session of a polling request, else the
+    peer's address and port (a websocket is one TCP connection). A traceback is kept the first time its exception type and message head are seen, and
     reduced to one line afterwards.
     """
 
@@ -119,7 +120,7 @@ class LogLimiter(logging.Filter):
         super().__init__()
         self.per_connection, self.total = per_connection, total
         self.window = time.monotonic()
-        self.spent: dict[int, int] = {}
+        self.spent: dict[object, int] = {}
         self.spent_total = 0
         self.dropped = 0
         self.seen: set[tuple[str, str]] = set()
@@ -139,7 +140,8 @@ class LogLimiter(logging.Filter):
                 text = f"{record.getMessage()}: {type(exc).__name__}: {str(exc)[:200]}"
                 record.msg, record.args, record.exc_info, record.exc_text = text, None, None, None
         size = len(record.getMessage()) + (4000 if full else 100)
-        conn = id(eventlet.getcurrent())
+        current = eventlet.getcurrent()
+        conn = getattr(current, "sa_conn", None) or id(current)
         spent = self.spent.get(conn, 0)
         if (not full and spent + size > self.per_connection) or self.spent_total + size > self.total:
             self.dropped += 1
@@ -150,6 +152,14 @@ class LogLimiter(logging.Filter):
             record.msg = f"{record.getMessage()} ({self.dropped} wire messages left out before this one)"
             record.args, self.dropped = None, 0
         return True
+
+
+def tag_connection(environ: dict[str, Any]) -> None:
+    """Note which connection the current request is, for ``LogLimiter``."""
+    query = environ.get("QUERY_STRING", "")
+    sid = next((p[4:] for p in query.split("&") if p.startswith("sid=")), None)
+    peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
+    eventlet.getcurrent().sa_conn = sid[:64] if sid else peer
 
 
 def wire_logger(name: str, limiter: LogLimiter, level: int = logging.WARNING) -> logging.Logger:

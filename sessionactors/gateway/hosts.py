@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Config
+from .guards import tag_connection
 
 __all__ = ["HostGuard", "allowed_host_names", "split_host"]
 
@@ -124,6 +125,7 @@ class HostGuard:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        tag_connection(environ)
         reason = self.check(environ)
         if reason is None and self.app is not None:
             return self.app(environ, start_response)
