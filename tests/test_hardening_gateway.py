@@ -310,3 +310,37 @@ def test_silent_connections_do_not_block_new_clients(tmp_path: Path) -> None:
         finally:
             for sock in silent:
                 sock.close()
+
+
+# -- the allow-list itself (no daemon) ---------------------------------------------------------------------------------
+
+
+def test_host_allow_list_rules() -> None:
+    from sessionactors.config import Config
+    from sessionactors.errors import ConfigError
+    from sessionactors.gateway.hosts import HostGuard
+
+    guard = HostGuard(Config(data_dir=Path("/unused"), port=3000, allowed_hosts=("agents.example.com:8443",)))
+    for host, ok in [
+        ("127.0.0.1:3000", True),
+        ("LOCALHOST:3000", True),
+        ("localhost.:3000", True),
+        ("[::1]:3000", True),
+        ("localhost", False),  # port 80
+        ("127.0.0.1:3001", False),
+        ("10.0.0.5:3000", False),  # an address the daemon is not bound to
+        ("agents.example.com:8443", True),
+        ("agents.example.com", False),
+        ("evil.example:3000", False),
+        ("localhost:3000@evil.example", False),
+        ("localhost:abc", False),
+        ("", False),
+        (None, False),
+    ]:
+        assert guard.host_allowed(host) is ok, host
+    assert guard.host_allowed("agents.example.com", "https") is False  # 443, not 8443
+    wildcard = HostGuard(Config(data_dir=Path("/unused"), host="0.0.0.0", port=80))
+    assert wildcard.host_allowed("10.0.0.5") and wildcard.host_allowed("localhost")
+    assert not wildcard.host_allowed("evil.example")  # an IP literal cannot be rebound; a name can
+    with pytest.raises(ConfigError, match="allowed_hosts"):
+        Config(data_dir=Path("/unused"), allowed_hosts=("http://agents.example.com",)).validate()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import eventlet
+from greenlet import getcurrent  # eventlet's green threads are greenlets
 
 __all__ = [
     "RESERVED_EVENTS",
@@ -140,7 +140,7 @@ class LogLimiter(logging.Filter):
                 text = f"{record.getMessage()}: {type(exc).__name__}: {str(exc)[:200]}"
                 record.msg, record.args, record.exc_info, record.exc_text = text, None, None, None
         size = len(record.getMessage()) + (4000 if full else 100)
-        current = eventlet.getcurrent()
+        current = getcurrent()
         conn = getattr(current, "sa_conn", None) or id(current)
         spent = self.spent.get(conn, 0)
         if (not full and spent + size > self.per_connection) or self.spent_total + size > self.total:
@@ -159,7 +159,7 @@ def tag_connection(environ: dict[str, Any]) -> None:
     query = environ.get("QUERY_STRING", "")
     sid = next((p[4:] for p in query.split("&") if p.startswith("sid=")), None)
     peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
-    eventlet.getcurrent().sa_conn = sid[:64] if sid else peer
+    getcurrent().sa_conn = sid[:64] if sid else peer
 
 
 def wire_logger(name: str, limiter: LogLimiter, level: int = logging.WARNING) -> logging.Logger:
