@@ -396,7 +396,7 @@ def build(cfg: Config) -> tuple[Gateway, Any]:
 
 def main() -> None:
     """Entry point of the gateway process (started by the daemon, never by hand)."""
-    import eventlet.wsgi
+    from .httpserver import serve_http
 
     cfg = Config.from_json(os.environ["_SA_GATEWAY_CONFIG"])
     bridge_path = os.environ["_SA_BRIDGE"]
@@ -412,17 +412,7 @@ def main() -> None:
         log.error("gateway: cannot listen on %s:%d: %s", cfg.host, cfg.port, exc.strerror or exc)
         raise SystemExit(GATEWAY_BIND_FAILED) from None
     log.info("gateway listening on http://%s:%d", cfg.host, listener.getsockname()[1])
-    # A connection that sends no request line (first or next) within http_idle_timeout is
-    # closed: silent connections cannot hold every green thread of the pool (issue 18).
-    timeout = cfg.http_idle_timeout
-    eventlet.wsgi.server(
-        listener,
-        app,
-        log_output=False,
-        max_size=cfg.max_http_connections,
-        socket_timeout=timeout,
-        keepalive=timeout,
-    )
+    serve_http(listener, app, cfg)  # bounded against silent connections (httpserver.py)
 
 
 if __name__ == "__main__":
