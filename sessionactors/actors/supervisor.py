@@ -183,7 +183,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
     def _configure(self, msg: Configure, sender: Any) -> None:
         self.cfg = Config.from_json(msg.config_json)
         self.configure_msg = msg
-        self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        self.store = open_store(self.cfg.data_dir, **self.cfg.store_options)
         load_runtime(self.cfg.runtime)  # cached before the session actors are forked from us
         reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
         if reconciled:
