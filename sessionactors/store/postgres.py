@@ -84,7 +84,7 @@ class PostgresStore(Store):
         lease_renew: float = L.DEFAULT_LEASE_RENEW,
     ) -> None:
         if psycopg is None:
-            raise StoreError("store_url needs psycopg 3: pip install 'psycopg[binary]'")
+            raise StoreError("store_url needs psycopg 3: pip install 'sessionactors[postgres]'")
         if not 0 < lease_renew < lease_ttl:
             raise ValueError(f"need 0 < lease_renew < lease_ttl, got {lease_renew} and {lease_ttl}")
         self.url = url
@@ -105,7 +105,8 @@ class PostgresStore(Store):
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the PostgreSQL store {self.where}: {exc}") from exc
+            reason = " ".join(str(exc).split())  # libpq's message spans lines: one line here
+            raise StoreError(f"cannot connect to the PostgreSQL store {self.where}: {reason}") from exc
 
     def _conn(self) -> Any:
         if self._closed:
