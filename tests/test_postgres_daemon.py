@@ -9,10 +9,13 @@ whose lease was taken over stops at its next write and stores nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
+import pytest
 
+from sessionactors.errors import LeaseLost
 from sessionactors.store.postgres import PostgresStore
 
 from .daemon_harness import Client, DaemonProcess, wait_for
@@ -132,4 +135,27 @@ def test_a_copy_whose_lease_was_taken_over_stops_and_stores_nothing(daemon_facto
         finally:
             intruder.close()
     finally:
+        a.close()
+
+
+def test_an_idle_connected_session_keeps_its_lease_past_the_ttl(daemon_factory: Any, pg_url: str) -> None:
+    """The renewal runs inside the session actor's process: idle for 2.5 TTLs, still owned."""
+    daemon = daemon_factory(
+        close_delay=30.0, store_url=pg_url, node_name="node-1", lease_ttl=2.0, lease_renew=0.5
+    )
+    a = Client(daemon.url)
+    intruder = PostgresStore(pg_url, node="node-2")
+    try:
+        ok = a.init()
+        a.send(msg("first"))
+        a.wait_events(1)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with pytest.raises(LeaseLost, match="owned by node 'node-1' at epoch 1"):
+                intruder.acquire_lease(ok["session_id"])
+            time.sleep(0.25)
+        a.send(msg("second"))
+        assert [e["id"] for e in a.wait_events(2)] == [0, 1] and not a.errors()
+    finally:
+        intruder.close()
         a.close()

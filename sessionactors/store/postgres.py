@@ -218,6 +218,11 @@ class PostgresStore(Store):
         (last,) = self._run("reading the last event id", sql, (session_id,))[0]
         return -1 if last is None else int(last)
 
+    def event_bytes(self, session_id: str) -> int:
+        """Bytes of the session's stored events (their compact JSON, UTF-8)."""
+        sql = "SELECT coalesce(sum(octet_length(body)), 0) FROM sa_events WHERE session_id = %s"
+        return int(self._run("counting a session's bytes", sql, (session_id,))[0][0])
+
     # -- leases ------------------------------------------------------------
     def acquire_lease(self, session_id: str) -> int:
         """Take the session's lease for this node now (a new activation); its epoch.
