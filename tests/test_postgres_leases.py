@@ -136,11 +136,13 @@ def test_a_restarted_copy_on_the_same_node_takes_over_at_once(node: Node, pg_url
     assert lease_row(pg_url, "s") == ("a", 2)
 
 
-def test_passivation_releases_and_the_epoch_keeps_growing(node: Node, pg_url: str) -> None:
+def test_release_frees_at_once_and_the_epoch_keeps_growing(node: Node, pg_url: str) -> None:
     a, b = node("a"), node("b")
     a.create_session(SessionRecord("s", created_at=1.0))
     a.append("s", [ev(0)])
-    a.update_session("s", state="passivated")
+    a.update_session("s", state="passivated")  # what a passivating copy writes last
+    assert lease_row(pg_url, "s") == ("a", 1)  # a record update does not release
+    a.release_lease("s")
     assert lease_row(pg_url, "s") == (None, 1) and a.lease_node("s") is None
     assert b.acquire_lease("s") == 2  # at once: released, not expired
     b.append("s", [ev(1)])

@@ -132,6 +132,9 @@ class SessionTimers:
         if self.started and runtime_state is not None:
             fields["runtime_state"] = runtime_state
         self.store.update_session(self.session_id, **fields)
+        release = getattr(self.store, "release_lease", None)  # a shared store's (leases.py)
+        if release is not None:
+            release(self.session_id)  # after the last write: another node may take it at once
         self.started = False
         self._report_samples(force=True)
         if self.outbox is not None:

@@ -64,8 +64,6 @@ RETURNING l.session_id"""
 # A release keeps the row (and its epoch): see the module docstring.
 RELEASE_HELD_SQL = """UPDATE sa_leases SET node = NULL, expires_at = '-infinity'
 WHERE session_id = %s AND node = %s AND epoch = %s"""
-RELEASE_NODE_SQL = """UPDATE sa_leases SET node = NULL, expires_at = '-infinity'
-WHERE session_id = %s AND node = %s"""
 RELEASE_ALL_SQL = "UPDATE sa_leases SET node = NULL, expires_at = '-infinity' WHERE node = %s"
 
 LIVE_NODE_SQL = """SELECT node FROM sa_leases

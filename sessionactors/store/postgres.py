@@ -51,7 +51,6 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_url"]
 _FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
 _JSON_FIELDS = frozenset({"args", "runtime_state"})
 _SELECT_SESSION = f"SELECT {', '.join(_FIELDS)} FROM sa_sessions"
-_ENDED = frozenset({"passivated", "failed"})  # states that end a copy: its lease is released
 
 
 def _dumps(value: Any) -> str:
@@ -309,9 +308,9 @@ class PostgresStore(Store):
     def update_session(self, session_id: str, **fields: Any) -> None:
         """Set some fields of an existing record (ValueError for unknown fields).
 
-        Fenced when this handle holds the session's lease (a copy that lost it cannot
-        overwrite the new owner's record); a state that ends the copy (passivated,
-        failed) releases this node's lease in the same transaction."""
+        Fenced when this handle holds the session's lease: a copy that lost it cannot
+        overwrite the new owner's record (LeaseLost). The lease itself is left as it is
+        (a passivating copy calls ``release_lease`` after its last write)."""
         unknown = set(fields) - set(_FIELDS)
         if unknown:
             raise ValueError(f"cannot update session field(s): {', '.join(sorted(unknown))}")
@@ -322,7 +321,6 @@ class PostgresStore(Store):
         epoch = self.leases.epoch(session_id)  # raises LeaseLost once fenced
         sets = ", ".join(f"{name} = %s" for name in fields)
         values = tuple(self._encode(n, v) for n, v in fields.items())
-        ends = fields.get("state") in _ENDED
         with self._tx(self._conn(), "updating a session") as cur:
             if epoch is not None:
                 cur.execute(
@@ -330,19 +328,11 @@ class PostgresStore(Store):
                     (session_id, self.node, epoch),
                 )
                 if cur.fetchone() is None:
-                    fenced = self.leases.lose(
-                        session_id, f"session {session_id}: node {self.node!r} lost its lease (epoch {epoch})"
-                    )
-                    raise fenced
+                    why = f"session {session_id}: node {self.node!r} lost its lease (epoch {epoch}); update refused"
+                    raise self.leases.lose(session_id, why)
             cur.execute(f"UPDATE sa_sessions SET {sets} WHERE session_id = %s", (*values, session_id))
             if cur.rowcount == 0:
                 raise StoreError(f"no session {session_id}")
-            if ends and epoch is not None:
-                cur.execute(L.RELEASE_HELD_SQL, (session_id, self.node, epoch))
-            elif ends:
-                cur.execute(L.RELEASE_NODE_SQL, (session_id, self.node))
-        if ends:
-            self.leases.forget(session_id)
 
     def list_sessions(self, state: str | None = None) -> list[SessionRecord]:
         """All records (or those in ``state``), oldest ``created_at`` first."""
