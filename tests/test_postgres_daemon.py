@@ -57,6 +57,8 @@ def test_a_single_node_runs_fully_on_postgres(daemon_factory: Any, pg_url: str) 
     a.close()
     wait_for(lambda: session_state(daemon, ok) == "passivated", 30, "passivation")
     assert rows(pg_url, "SELECT node FROM sa_leases WHERE session_id = %s", sid) == [(None,)]  # released
+    # Marked failed meanwhile: the rehydration clears the mark and keeps the lease it took.
+    rows(pg_url, "UPDATE sa_sessions SET state = 'failed' WHERE session_id = %s", sid)
     b = Client(daemon.url)
     try:
         again = b.init(token=ok["token"], latest=0)
