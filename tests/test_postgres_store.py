@@ -87,3 +87,19 @@ def test_a_lost_server_is_a_store_error_and_a_new_one_is_reconnected() -> None:
         store.close()
     finally:
         server.stop()
+
+
+def test_the_harness_leaves_no_process_and_no_file(pg_server: PgServer) -> None:
+    from sessionactors.daemon import pid_alive
+
+    server = PgServer(fsync=False).start()
+    assert server.proc is not None
+    postmaster = server.proc.pid
+    assert int((server.datadir / "postmaster.pid").read_text().split()[0]) == postmaster  # no wrapper
+    children = [int(p) for p in open(f"/proc/{postmaster}/task/{postmaster}/children").read().split()]
+    assert children, "the postmaster has its background processes"
+    root = server.root
+    server.stop()
+    assert not any(pid_alive(p) for p in [postmaster, *children])
+    assert not root.exists()
+    server.stop()  # idempotent
