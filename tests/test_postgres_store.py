@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 
 import pytest
 
@@ -20,6 +21,7 @@ def _in_forked_child(body: object) -> int:
     """Run ``body()`` in a forked child that then drops everything it inherited; its status."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
+        signal.alarm(30)  # a deadlocked child dies (and fails the test) instead of hanging it
         code = 0
         try:
             body()  # type: ignore[operator]
@@ -103,3 +105,16 @@ def test_the_harness_leaves_no_process_and_no_file(pg_server: PgServer) -> None:
     assert not any(pid_alive(p) for p in [postmaster, *children])
     assert not root.exists()
     server.stop()  # idempotent
+
+
+def test_a_fork_while_the_lease_book_is_locked_does_not_deadlock_the_child(pg_url: str) -> None:
+    store = PostgresStore(pg_url, node="n")
+    store.append("s", [{"id": 0}])
+    with store.leases._lock:  # as if the renewal thread held it at the moment of the fork
+
+        def child() -> None:
+            store.append("s", [{"id": 1}])  # takes the book's lock: must not hang
+
+        assert _in_forked_child(child) == 0
+    assert store.last_event_id("s") == 1
+    store.close()

@@ -23,7 +23,9 @@ Expiry uses the database server's clock only, so nodes' clocks never need to agr
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +95,7 @@ class LeaseBook:
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
         self._lost: dict[str, str] = {}
+        _BOOKS.add(self)
 
     def epoch(self, session_id: str) -> int | None:
         """The epoch held for the session, None when not held; LeaseLost when lost."""
@@ -137,6 +140,19 @@ class LeaseBook:
                     f"session {session_id}: node {self.node!r} lost its lease (epoch {epoch}) "
                     "to another node; its writes are refused",
                 )
+
+
+_BOOKS: weakref.WeakSet[LeaseBook] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A fork while the keeper thread held a book's lock would leave it locked forever in
+    # the child (the thread does not exist there): every book gets a fresh lock.
+    for book in list(_BOOKS):
+        book._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LeaseKeeper(threading.Thread):
