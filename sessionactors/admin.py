@@ -54,7 +54,7 @@ def list_sessions(cfg: Config) -> tuple[bool, list[dict[str, Any]]]:
 
     if not (cfg.data_dir / "sessionactors.db").exists():
         return False, []
-    store = open_store(cfg.data_dir)
+    store = open_store(cfg.data_dir, **cfg.store_options)
     try:
         return False, [
             {
@@ -123,7 +123,7 @@ def sessions_cmd(cfg: Config, action: str, session_id: str | None) -> int:
 
         from .store import open_store
 
-        store = open_store(cfg.data_dir)
+        store = open_store(cfg.data_dir, **cfg.store_options)
         store.delete_session(session_id)
         store.close()
         shutil.rmtree(cfg.workspaces_dir / session_id, ignore_errors=True)

@@ -302,6 +302,12 @@ def _rotate_secret(cfg: Config) -> int:
             file=sys.stderr,
         )
         return 1
+    if cfg.store_url:
+        print(
+            "sessionactors: rotate-secret is not supported yet with store_url (the secret is in the shared store)",
+            file=sys.stderr,
+        )
+        return 1
     if not (cfg.data_dir / SECRET_FILE).is_file():
         print(
             f"sessionactors: no token secret in {cfg.data_dir} (the daemon creates {SECRET_FILE} "

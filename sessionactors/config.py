@@ -15,11 +15,13 @@ import json
 import math
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -72,6 +74,13 @@ class Config:
     # Store
     fsync: str = "full"
     retention_days: float = 0.0
+    # Cluster (docs/architecture.md, "The shared store"): store_url selects PostgreSQL
+    store_url: str | None = None
+    redis_url: str | None = None
+    cluster_leader: str | None = None
+    node_name: str = field(default_factory=socket.gethostname)
+    lease_ttl: float = 45.0
+    lease_renew: float = 15.0
     # Security
     token_ttl: float = 7 * 24 * 3600.0
     token_secret: str | None = None
@@ -148,6 +157,7 @@ class Config:
             raise ConfigError("restart_intensity", "must be >= 0")
         if self.restart_period <= 0:
             raise ConfigError("restart_period", "must be > 0 seconds")
+        self._validate_cluster()
         if self.retention_days < 0:
             raise ConfigError("retention_days", "must be >= 0 (0: keep forever)")
         if self.token_ttl <= 0:
@@ -202,6 +212,35 @@ class Config:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "must be debug, info, warning or error")
         return self
+
+    def _validate_cluster(self) -> None:
+        if self.store_url is not None:
+            try:
+                parts = urlsplit(self.store_url)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            except ValueError as exc:
+                raise ConfigError("store_url", f"is not a valid URL: {exc}") from None
+            if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname and parts.path[1:]):
+                raise ConfigError("store_url", "must be postgresql://user@host:port/database")
+        # Refused rather than ignored: a cluster that silently runs as single nodes would
+        # split its fan-out and placement without anyone noticing.
+        for key in ("redis_url", "cluster_leader"):
+            if getattr(self, key) is not None:
+                raise ConfigError(key, "is not supported yet (the cluster is being built); unset it")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.node_name):
+            raise ConfigError("node_name", "must be 1-64 letters, digits, '.', '_' or '-' (a host name)")
+        if self.lease_ttl <= 0:
+            raise ConfigError("lease_ttl", "must be > 0 seconds")
+        if not 0 < self.lease_renew < self.lease_ttl:
+            raise ConfigError("lease_renew", f"must be > 0 and < lease_ttl ({self.lease_ttl} s)")
+
+    @property
+    def store_options(self) -> dict[str, Any]:
+        """The keywords of ``store.open_store`` (after ``data_dir``)."""
+        options: dict[str, Any] = {"fsync": self.fsync, "url": self.store_url}
+        if self.store_url:
+            options.update(node=self.node_name, lease_ttl=self.lease_ttl, lease_renew=self.lease_renew)
+        return options
 
     def to_json(self) -> str:
         """Serialise for a child process (the gateway) that must see the same settings."""

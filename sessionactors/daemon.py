@@ -40,7 +40,7 @@ from .actorsystem import (
 )
 from .bridge import INSTANCE_ENV, INSTANCE_HEADER
 from .config import Config
-from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError
+from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError, StoreError
 from .messages import Configure, Configured, GatewayStopping, Shutdown, ShutdownDone
 
 __all__ = [
@@ -152,6 +152,17 @@ class Daemon:
         self.instance = os.environ.pop(INSTANCE_ENV, "") or secrets.token_hex(8)
 
     # -- start-up ------------------------------------------------------------------
+    def _check_shared_store(self) -> None:
+        """With ``store_url``: connect once before anything starts, so that an unreachable or
+        foreign database is one line here, not a supervisor that fails to configure."""
+        if self.cfg.store_url:
+            from .store import open_store
+
+            try:
+                open_store(self.cfg.data_dir, **self.cfg.store_options).close()
+            except StoreError as exc:
+                raise DaemonError(str(exc)) from None
+
     def _prepare_dirs(self) -> None:
         prepare_data_dir(self.cfg)
         path = self.cfg.run_dir / "bridge.sock"
@@ -205,6 +216,7 @@ class Daemon:
         self._prepare_dirs()
         self._check_leftovers()
         check_port_free(self.cfg.host, self.cfg.port)  # before anything starts: nothing to undo
+        self._check_shared_store()
         self.owns_run_dir = True
         self.asys = start_system(
             self.cfg.actor_base,

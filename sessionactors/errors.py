@@ -9,7 +9,8 @@ Tree::
     ├── StoreError                  the durable store cannot do what was asked
     │   ├── StoreCorrupt            the data directory is corrupt or foreign
     │   ├── SchemaMismatch          schema written by a newer version
-    │   └── EventIdConflict         an append would leave a gap or reuse an id
+    │   ├── EventIdConflict         an append would leave a gap or reuse an id
+    │   └── LeaseLost               this node does not own the session (fenced write)
     ├── RuntimeStartError           a session's runtime cannot start (-> 503)
     ├── ActionError                 an action is refused before it runs (-> 400)
     │   └── PathEscape              a path leaves the session's workspace
@@ -36,6 +37,7 @@ __all__ = [
     "StoreCorrupt",
     "SchemaMismatch",
     "EventIdConflict",
+    "LeaseLost",
     "RuntimeStartError",
     "ActionError",
     "PathEscape",
@@ -88,6 +90,13 @@ class SchemaMismatch(StoreError):
 
 class EventIdConflict(StoreError):
     """An append would leave a gap in, or reuse, a session's event ids."""
+
+
+class LeaseLost(StoreError):
+    """A write refused by the ownership lease: another node holds the session (or took it
+    over since this node's copy started), so this copy must stop."""
+
+    error_code = 503
 
 
 class RuntimeStartError(SessionActorsError):

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from .daemon_harness import Client, DaemonProcess, free_port
+from .pg_harness import pg_server, pg_url  # noqa: F401 - fixtures for every test module
 
 __all__ = ["free_port"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from typing import Any
 
 from .daemon_harness import Client, DaemonProcess, wait_for
@@ -25,7 +26,10 @@ def test_new_session_message_and_health(daemon: DaemonProcess) -> None:
         assert event["action"] == "message" and event["args"] == {"content": "hello"}
         status, info = daemon.http("GET", f"/api/sessions/{ok['session_id']}", token=ok["token"])
         assert status == 200
-        assert info == {"session_id": ok["session_id"], "state": "live", "connections": 1, "last_event_id": 0}
+        assert info == {
+            "session_id": ok["session_id"], "state": "live", "connections": 1, "last_event_id": 0,
+            "node": socket.gethostname(),  # node_name's default
+        }  # fmt: skip
     finally:
         c.close()
 

@@ -15,8 +15,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LeaseLost
 from ..messages import Passivated, SessionFailed
-from ..protocol import status_update
+from ..protocol import error_frame, status_update
 from ..runtimes.base import error_observation, load_runtime
 
 if TYPE_CHECKING:
@@ -131,6 +132,9 @@ class SessionTimers:
         if self.started and runtime_state is not None:
             fields["runtime_state"] = runtime_state
         self.store.update_session(self.session_id, **fields)
+        release = getattr(self.store, "release_lease", None)  # a shared store's (leases.py)
+        if release is not None:
+            release(self.session_id)  # after the last write: another node may take it at once
         self.started = False
         self._report_samples(force=True)
         if self.outbox is not None:
@@ -151,6 +155,42 @@ class SessionTimers:
             self.state = "passivated"
         if self.store is not None:
             self.store.close()
+
+    # -- ownership (a shared store's lease: store/leases.py) ---------------------------
+    def _claim(self, session_id: str) -> int:
+        """Take the session's lease when the store has leases (LeaseLost when another node
+        holds it), then the last stored id: read after the lease, so no other node can
+        append behind our back."""
+        assert self.store is not None
+        acquire = getattr(self.store, "acquire_lease", None)
+        if acquire is not None:
+            acquire(session_id)
+        return self.store.last_event_id(session_id)
+
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        """Append durably; a write fenced by the lease stops this copy, then raises."""
+        assert self.store is not None and self.session_id is not None
+        try:
+            self.store.append(self.session_id, events)
+        except LeaseLost as exc:
+            self._fenced(exc)
+            raise
+
+    def _fenced(self, exc: LeaseLost) -> None:
+        """Another node owns the session now: stop this copy without writing anything (its
+        record and lease are the new owner's); the connections are told to reconnect."""
+        log.error("session %s: %s; stopping this copy", self.session_id, exc)
+        why = "This session is now served by another node; reconnect"
+        self._send_to(list(self.conns), [error_frame(why, 503)])
+        self.queue.clear()
+        self._stop_runtime()
+        release = getattr(self.store, "release_lease", None)
+        if release is not None:
+            release(self.session_id)  # forgets the lost lease; writes nothing
+        if self.outbox is not None:
+            self.outbox.close()
+        self.state = "passivated"
+        self.send(self.supervisor, Passivated(self.session_id or "", self.incarnation))
 
     # -- a runtime that raised ----------------------------------------------------
     def _new_runtime(self) -> Runtime | None:

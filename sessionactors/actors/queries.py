@@ -86,7 +86,14 @@ class SessionQueries:
             "last_active": record.last_active,
             "token_version": record.token_version,
             "pid": entry.pid if entry is not None and entry.state == "live" else None,
+            "node": self._node_of(session_id),
         }
+
+    def _node_of(self, session_id: str) -> str:
+        """The node holding the session: a live lease's in a shared store, else this one."""
+        assert self.cfg is not None
+        lease_node = getattr(self.store, "lease_node", None)
+        return (lease_node(session_id) if lease_node is not None else None) or self.cfg.node_name
 
     def _on_query(self, msg: Query) -> tuple[int, Any]:
         assert self.store is not None

@@ -119,7 +119,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             self._bridge_path = msg.bridge_path
             self._frames_to = msg.frames_to
             # While pooled, so that an activation does not pay for it.
-            self.store = self.store or open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+            self.store = self.store or open_store(self.cfg.data_dir, **self.cfg.store_options)
         elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
             self.send(self.supervisor, Bounced(getattr(msg, "session_id", "") or self.session_id or "", msg))
         elif isinstance(msg, (Attach, Action)) and msg.session_id and msg.session_id != self.session_id:
@@ -190,11 +190,11 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.incarnation = msg.incarnation
         self.created = msg.created
         if self.store is None:
-            self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+            self.store = open_store(self.cfg.data_dir, **self.cfg.store_options)
         record = self.store.get_session(msg.session_id)
         if record is None:
             raise SessionActorsError(f"no record for session {msg.session_id}")
-        self.next_id = self.store.last_event_id(msg.session_id) + 1
+        self.next_id = self._claim(msg.session_id) + 1
         workspace = self.cfg.workspaces_dir / msg.session_id
         self.runtime_ctx = RuntimeContext(
             session_id=msg.session_id,
@@ -407,7 +407,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             event.update(fields)
             events.append(event)
         started = time.perf_counter()
-        self.store.append(self.session_id, events)
+        self._append(events)
         self.samples["append"].append(round(time.perf_counter() - started, 6))
         self.samples["stored"] += len(events)
         self.next_id += len(events)

@@ -183,7 +183,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
     def _configure(self, msg: Configure, sender: Any) -> None:
         self.cfg = Config.from_json(msg.config_json)
         self.configure_msg = msg
-        self.store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+        self.store = open_store(self.cfg.data_dir, **self.cfg.store_options)
         load_runtime(self.cfg.runtime)  # cached before the session actors are forked from us
         reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
         if reconciled:
@@ -403,15 +403,17 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
         if conn is not None and isinstance(original, (Attach, Action)):
             self._answer(conn, [error_frame("Internal error while handling the request", 500)])
         elif isinstance(original, Activate):
-            self._activation_failed(original)
+            self._activation_failed(original, str(getattr(msg, "details", "")))
 
-    def _activation_failed(self, activate: Activate) -> None:
+    def _activation_failed(self, activate: Activate, details: str = "") -> None:
         """The session actor could not activate: answer every connection waiting on it, and
         end that actor (the session is passivated; the next INIT tries again)."""
         entry = self.sessions.get(activate.session_id)
         if entry is None or entry.incarnation != activate.incarnation or entry.state != "live":
             return
         why = "The session could not be started; try again later"
+        if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
+            why = "This session is live on another node; try again later"
         self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
         entry.state = "passivating"
         self.send(entry.address, ActorExitRequest())

@@ -22,14 +22,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from secrets import token_bytes, token_urlsafe
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from ..errors import ConfigError, InvalidToken
 from .secrets import FileSecrets
 
-__all__ = ["TokenClaims", "TokenSigner", "load_or_create_secrets", "rotate_secret"]
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["TokenClaims", "TokenSigner", "gateway_secrets", "load_or_create_secrets", "rotate_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +302,22 @@ def rotate_secret(data_dir: Path) -> None:
             _write_atomic(prev, _read_secret(current).decode("utf-8") + "\n")
         _write_atomic(current, _new_secret_text())
     log.info("rotated the token secret in %s", data_dir)
+
+
+def gateway_secrets(cfg: Config) -> tuple[list[bytes], Path | None]:
+    """A gateway's token secrets, and the data dir its signer follows (None: fixed).
+
+    A configured ``token_secret`` wins. With a shared store (``store_url``) the secret
+    lives in the store, created once by whichever gateway starts first, so that every
+    gateway of the cluster verifies every token; otherwise ``<data_dir>/secret.key``."""
+    if cfg.token_secret is None and cfg.store_url:
+        from ..store import open_store  # only here: the file-secret path needs no store
+
+        store = open_store(cfg.data_dir, **cfg.store_options)
+        try:
+            found = store.token_secrets(_new_secret_text().strip())  # type: ignore[attr-defined]
+        finally:
+            store.close()
+        return [s.encode("utf-8") for s in found], None
+    follow = None if cfg.token_secret else cfg.data_dir
+    return load_or_create_secrets(cfg.data_dir, cfg.token_secret), follow

@@ -79,7 +79,7 @@ class RestApp:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store(self.cfg.data_dir, fsync=self.cfg.fsync)
+            self._store = open_store(self.cfg.data_dir, **self.cfg.store_options)
         return self._store
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -175,7 +175,7 @@ class RestApp:
             return self._events(session_id, environ)
         if method == "DELETE":
             return self.gateway.query("delete", session_id)
-        keys = ("session_id", "state", "connections", "last_event_id")
+        keys = ("session_id", "state", "connections", "last_event_id", "node")
         return 200, {k: info[k] for k in keys}
 
     def _ready(self) -> tuple[int, Any]:

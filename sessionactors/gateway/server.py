@@ -33,7 +33,7 @@ from engineio import payload as eio_payload  # noqa: E402
 from eventlet.event import Event as GreenEvent  # noqa: E402
 
 from ..auth.github import GitHubVerifier, load_allowlist  # noqa: E402
-from ..auth.tokens import TokenSigner, load_or_create_secrets  # noqa: E402
+from ..auth.tokens import TokenSigner, gateway_secrets  # noqa: E402
 from ..config import Config  # noqa: E402
 from ..errors import GATEWAY_BIND_FAILED, ActionError, AuthError, InvalidToken  # noqa: E402
 from ..logs import setup_logging  # noqa: E402
@@ -383,8 +383,8 @@ def build(cfg: Config) -> tuple[Gateway, Any]:
     """The gateway and its WSGI application (Socket.IO plus the REST API)."""
     from .rest import RestApp
 
-    secrets = load_or_create_secrets(cfg.data_dir, cfg.token_secret)
-    signer = TokenSigner(secrets, ttl=cfg.token_ttl, follow=None if cfg.token_secret else cfg.data_dir)
+    secrets, follow = gateway_secrets(cfg)  # the shared store's secret with a store_url
+    signer = TokenSigner(secrets, ttl=cfg.token_ttl, follow=follow)
     allowlist = load_allowlist(cfg.github_allowlist) if cfg.github_allowlist else None
     verifier = GitHubVerifier(
         cfg.github_api_url, timeout=cfg.github_timeout, cache_ttl=cfg.github_cache_ttl, allowlist=allowlist
