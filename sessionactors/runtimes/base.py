@@ -229,12 +229,21 @@ class Runtime(abc.ABC):
         return entries
 
     def read_file(self, path: str, limit: int = 1_000_000) -> str:
-        """A workspace file as text (UTF-8), refused when larger than ``limit`` or binary."""
+        """A workspace file as text (UTF-8), refused when larger than ``limit`` or binary.
+
+        Opened once beneath the workspace with no symlink followed, sized with ``fstat``
+        before anything is read and read through that one fd (``_files.read_beneath``): a
+        link the session's shell swaps in after ``_confine`` fails the open, and a huge
+        (or sparse) file gets its 400 without being read.
+        """
+        from ._files import read_beneath
+
         target = self._confine(path)
-        if not target.is_file():
+        root = self.ctx.workspace.resolve()
+        if target == root:
             raise FileNotFoundError(path)
-        data = target.read_bytes()[: limit + 1]
-        if len(data) > limit:
+        data = read_beneath(str(root), str(target.relative_to(root)), limit)
+        if data is None:
             raise ActionError(f"{path} is larger than the {limit} byte limit")
         try:
             return data.decode("utf-8")
