@@ -42,27 +42,11 @@ from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init, spli
 from .fanout import Fanout, limit_poll_batches  # noqa: E402
 from .initguard import InitGuard  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
+from .ratelimit import Bucket as _Bucket  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
 
 log = logging.getLogger("sessionactors.gateway")
-
-
-class _Bucket:
-    """Token bucket: the per-connection action rate limit."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class Gateway(Fanout, LinkServer):
@@ -158,7 +142,10 @@ class Gateway(Fanout, LinkServer):
         if pending is not None:  # keep order: hold actions until the INIT is answered
             pending[1].append(action)
             return
+        started = time.monotonic()
         self._route_action(sid, action)
+        if bucket is not None:  # a send that blocked held this connection's reads up
+            bucket.stalled(time.monotonic() - started)
 
     def _route_action(self, sid: str, action: dict[str, Any]) -> None:
         session_id = self.conn_session.get(sid)
