@@ -83,12 +83,16 @@ class SupervisorRecovery:
     _supervisor_restarts: list[float]
 
     def ask_supervisor(self, msg: Any, kind: type, timeout: float) -> Any:
-        """Ask the supervisor; a late ``SupervisorPong`` (a ping that timed out) is skipped."""
+        """Ask the supervisor for an answer of type ``kind`` within ``timeout``.
+
+        Skipped on the way: a late ``SupervisorPong`` (a ping that timed out), and the
+        ``None`` Thespian returns at once when an earlier send to a dead supervisor fails.
+        """
         from .actors.watchdog import SupervisorPong
 
         deadline = time.monotonic() + timeout
         reply = self.asys.ask(self.supervisor, msg, timeout)
-        while isinstance(reply, SupervisorPong) and kind is not SupervisorPong:
+        while reply is None or (isinstance(reply, SupervisorPong) and kind is not SupervisorPong):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

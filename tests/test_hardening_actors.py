@@ -75,16 +75,12 @@ def supervisor_pid(d: DaemonProcess) -> int:
     return int(state["supervisor_pid"])
 
 
-def replay(d: DaemonProcess, token: str) -> dict[int, dict[str, Any]]:
-    """Every stored event of a session, from a fresh client (INIT from the start)."""
+def replay(d: DaemonProcess, token: str, at_least: int) -> dict[int, dict[str, Any]]:
+    """The stored events of a session (``at_least`` of them), from a fresh client's INIT."""
     c = Client(d.url)
     try:
         assert c.init(token=token)["status"] == "ok"
-        time.sleep(0)  # the replay follows the answer on the same stream
-        wait_for(
-            lambda: c.events() and len({e["id"] for e in c.events()}) == max(e["id"] for e in c.events()) + 1
-        )
-        return {e["id"]: e for e in c.events()}
+        return {e["id"]: e for e in c.wait_events(at_least)}
     finally:
         c.close()
 
@@ -103,6 +99,22 @@ def test_sigkill_of_the_supervisor_is_recovered_without_losing_an_event(daemon_f
         ids = [tab.session_id for tab in tabs]
         old = supervisor_pid(d)
         d.remember_pids()
+        stop = threading.Event()
+
+        def producer() -> None:  # the first tab keeps sending through the kill
+            n = 0
+            while not stop.wait(0.01):
+                try:
+                    tabs[0].send(msg(f"during-{n}"))
+                    n += 1
+                except Exception:
+                    pass  # disconnected: it reconnects by itself
+
+        thread = threading.Thread(target=producer, daemon=True)
+        thread.start()
+        wait_for(
+            lambda: any("during-" in str(e) for e in tabs[0].events.values()), what="events while sending"
+        )
         os.kill(old, signal.SIGKILL)
         killed = time.monotonic()
 
@@ -110,6 +122,8 @@ def test_sigkill_of_the_supervisor_is_recovered_without_losing_an_event(daemon_f
         for tab in tabs:
             wait_for(lambda tab=tab: tab.oks >= 2, timeout=45, what="a tab's transparent re-INIT")
         recovered = time.monotonic() - killed
+        stop.set()
+        thread.join(5)
         assert [tab.session_id for tab in tabs] == ids, "live sessions must keep their ids"
         assert d.http("GET", "/api/health")[0] == 200
         assert d.http("GET", "/api/ready")[0] == 200
@@ -126,9 +140,9 @@ def test_sigkill_of_the_supervisor_is_recovered_without_losing_an_event(daemon_f
             wait_for(lambda tab=tab: any("after-" in str(e) for e in tab.events.values()), what="event after")
         for tab in tabs:
             assert tab.token is not None
-            stored = replay(d, tab.token)
             with tab.lock:
                 seen = dict(tab.events)
+            stored = replay(d, tab.token, max(seen) + 1)
             assert sorted(stored) == list(range(len(stored))), "ids stay contiguous from 0"
             for event_id, event in seen.items():
                 assert stored[event_id] == event, f"event {event_id} changed or vanished"
@@ -139,6 +153,28 @@ def test_sigkill_of_the_supervisor_is_recovered_without_losing_an_event(daemon_f
     finally:
         for tab in tabs:
             tab.close()
+
+
+def test_a_supervisor_that_stops_answering_is_killed_and_replaced(daemon_factory: Any) -> None:
+    d = daemon_factory(supervisor_timeout=3.0)
+    tab = Tab(d.url)
+    try:
+        wait_for(lambda: tab.oks == 1, what="first INIT")
+        tab.send(msg("before"))
+        wait_for(lambda: len(tab.events) >= 1, what="an event")
+        old = supervisor_pid(d)
+        d.remember_pids()
+        os.kill(old, signal.SIGSTOP)  # alive, but deaf: its pid check passes, its pings do not
+        wait_for(lambda: tab.oks >= 2, timeout=45, what="the re-INIT after the supervisor was replaced")
+        assert supervisor_pid(d) != old
+        wait_for(
+            lambda: not os.path.exists(f"/proc/{old}") or open(f"/proc/{old}/stat").read().split()[2] == "Z"
+        )
+        assert "did not answer for" in d.log_path.read_text()
+        tab.send(msg("after"))
+        wait_for(lambda: any("after" in str(e) for e in tab.events.values()), what="an event after")
+    finally:
+        tab.close()
 
 
 def test_supervisor_death_past_the_restart_intensity_exits_non_zero(daemon_factory: Any) -> None:
