@@ -94,6 +94,32 @@ def test_symlink_swap_race_never_reads_outside(
     assert counts["refused"] > 0, counts  # and the swapper did race them
 
 
+def test_symlink_swap_race_never_zips_an_outside_file(swap_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """REST ``zip-directory`` walks the workspace while the shell swaps links in it."""
+    import zipfile
+
+    ws, outside = swap_dirs
+    rt = _runtime(ws)
+    dest = tmp_path / "ws.zip"
+    swapper = subprocess.Popen(["sh", "-c", SWAPPER, "swapper", str(ws), str(outside)])
+    zips, leaked, inside = 0, 0, 0
+    try:
+        deadline = time.monotonic() + 20
+        while zips < 1500 and time.monotonic() < deadline:
+            rt.zip_workspace(dest)
+            zips += 1
+            with zipfile.ZipFile(dest) as archive:
+                for name in archive.namelist():
+                    content = archive.read(name)
+                    leaked += content == b"OUTSIDE"
+                    inside += content == b"inside"
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert leaked == 0, f"{leaked} outside file(s) in {zips} zips"
+    assert zips >= 300 and inside >= zips, (zips, inside)
+
+
 def test_huge_sparse_file_is_refused_without_reading(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
