@@ -159,3 +159,51 @@ def test_read_file_answers_as_before(tmp_path: Path) -> None:
             rt.read_file(missing)
     with pytest.raises(PathEscape):
         rt.read_file("../x")
+
+
+# -- the same through the REST route and a real session shell ------------------------------
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+
+def test_select_file_against_the_session_shell(daemon_factory: Any, tmp_path: Path) -> None:
+    """``GET /api/select-file`` while the session's own shell swaps a link (the issue's 6 of
+    600), and on a 1 GiB sparse file the shell made (the issue's 22 MB to 1,046 MB, 5.3 s)."""
+    from .daemon_harness import Client, wait_for
+    from .test_hardening_actors import session_pid
+    from .test_openhands_rest import api
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("OUTSIDE")
+    d = daemon_factory(runtime="local", close_delay=30.0)
+    c = Client(d.url)
+    ok = c.init()
+    token = ok["token"]
+    loop = SWAPPER.replace('cd "$1"\n', "").replace('"$2"', str(outside))
+    setup = "mkdir -p d && printf inside > inside.txt && printf inside > d/secret.txt && truncate -s 1G sparse.bin"
+    c.send({"action": "run", "args": {"command": f"{setup} && (sh -c '{loop}' >/dev/null 2>&1 &)"}})
+    wait_for(lambda: any(e.get("extras", {}).get("exit_code") == 0 for e in c.events()), what="setup")
+    pid = session_pid(d, ok["session_id"])
+    counts = {"inside": 0, "outside": 0, "refused": 0}
+    for n in range(600):
+        status, body = api(d, "GET", f"/api/select-file?file={('f', 'd/secret.txt')[n % 2]}", token)
+        if status == 200:
+            counts["outside" if body["code"] == "OUTSIDE" else "inside"] += 1
+        else:
+            counts["refused"] += 1
+    assert counts["outside"] == 0, counts
+    assert counts["inside"] > 100 and counts["refused"] > 0, counts  # it ran, and it raced
+
+    before = _vm_hwm_kb(pid)
+    started = time.monotonic()
+    status, body = api(d, "GET", "/api/select-file?file=sparse.bin", token)
+    took = time.monotonic() - started
+    assert status == 400 and "larger than" in body["error"], body
+    grown = _vm_hwm_kb(pid) - before
+    assert grown < 50_000, f"the session actor's peak memory grew by {grown} kB"
+    assert took < 3.0, f"{took:.1f} s to refuse it"
+    c.close()
