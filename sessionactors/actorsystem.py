@@ -6,8 +6,9 @@ Thespian's TCP transport addresses actors by the machine's external interface
 unless ``THESPIAN_BASE_IPADDR`` is set, and binds every listener (admin and each
 actor) to all interfaces even when it is set. It has no authentication and
 unpickles what it receives, so a reachable actor port is remote code execution.
-``restrict_to_loopback()`` fixes both in this process before the system starts;
-actor processes are forked from it and inherit the patch.
+``restrict_to_loopback()`` fixes both in this process before the system starts, and
+makes every listener refuse connections from other users' sockets (``actorports.py``);
+actor processes are forked from it and inherit the patches.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def restrict_to_loopback(ip: str = "127.0.0.1", multi_host: bool = False) -> Non
     TCPTransport.REUSE_SOCKETS = False
     if multi_host or _PATCHED:
         return
+    from .actorports import guard_actor_ports
+
+    guard_actor_ports()  # only this user's processes may connect to an actor port
 
     original_init = IPBase.IPActorAddress.__init__
 

@@ -68,6 +68,8 @@ class Config:
     pool_size: int = 8
     restart_intensity: int = 3
     restart_period: float = 60.0
+    supervisor_timeout: float = 30.0
+    session_ping_timeout: float = 10.0
     # Runtime
     runtime: str = "local"
     runtime_options: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +160,9 @@ class Config:
         if self.restart_period <= 0:
             raise ConfigError("restart_period", "must be > 0 seconds")
         self._validate_cluster()
+        for key in ("supervisor_timeout", "session_ping_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "must be > 0 seconds")
         if self.retention_days < 0:
             raise ConfigError("retention_days", "must be >= 0 (0: keep forever)")
         if self.token_ttl <= 0:

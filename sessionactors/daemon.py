@@ -42,6 +42,7 @@ from .bridge import INSTANCE_ENV, INSTANCE_HEADER
 from .config import Config
 from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError, StoreError
 from .messages import Configure, Configured, GatewayStopping, Shutdown, ShutdownDone
+from .recovery import SupervisorRecovery
 
 __all__ = [
     "Daemon",
@@ -135,8 +136,9 @@ def read_state(cfg: Config) -> dict[str, Any] | None:
         return None
 
 
-class Daemon:
-    """Runs the actor system, the supervisor and the gateway until told to stop."""
+class Daemon(SupervisorRecovery):
+    """Runs the actor system, the supervisor and the gateway until told to stop (and brings
+    a dead supervisor back: ``recovery.py``)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -147,6 +149,7 @@ class Daemon:
         self.bridge_path = ""
         self.gateway_restarts = 0
         self.actor_pgid = 0
+        self.admin_pid = 0
         self.owns_run_dir = False
         # Answered on /api/health, so that `start` knows its own daemon from another one.
         self.instance = os.environ.pop(INSTANCE_ENV, "") or secrets.token_hex(8)
@@ -196,6 +199,7 @@ class Daemon:
             "port": self.cfg.port,
             "admin_port": self.cfg.admin_port,
             "actor_pgid": self.actor_pgid,
+            "supervisor_pid": self.supervisor_pid,
             "started": time.time(),
             "instance": self.instance,
         }
@@ -211,8 +215,6 @@ class Daemon:
 
     def start(self) -> None:
         """Start the actor system, the supervisor and the gateway; return once healthy."""
-        from .actors.supervisor import SUPERVISOR_NAME, SupervisorActor
-
         self._prepare_dirs()
         self._check_leftovers()
         check_port_free(self.cfg.host, self.cfg.port)  # before anything starts: nothing to undo
@@ -226,17 +228,40 @@ class Daemon:
             self.cfg.log_level,
             self.cfg.log_json,
         )
-        admin_pid = listening_pid(self.cfg.admin_port)
-        self.actor_pgid = os.getpgid(admin_pid) if admin_pid else 0
+        self.admin_pid = listening_pid(self.cfg.admin_port) or 0
+        self.actor_pgid = os.getpgid(self.admin_pid) if self.admin_pid else 0
         self._reap()
         self._write_state()
         self._write_admin_token()
+        self._start_supervisor()
+        self._write_state()
+        self._start_gateway()
+        self._wait_healthy()
+        log.info("serving on http://%s:%d", self.cfg.host, self.cfg.port)
+
+    def _start_supervisor(self, dead: Any = None) -> None:
+        """Create and configure the supervisor; learn its pid (the watchdog watches it).
+
+        After a supervisor died (``dead``: its address), the admin forgets its global name
+        once it has handled the exit; until then ``createActor`` hands back the dead address.
+        """
+        from .actors.supervisor import SUPERVISOR_NAME, SupervisorActor
+
+        deadline = time.monotonic() + 10
         self.supervisor = self.asys.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
-        reply = self.asys.ask(self.supervisor, Configure(self.cfg.to_json(), self.bridge_path), 30)
+        while dead is not None and self.supervisor == dead:
+            if time.monotonic() > deadline:
+                raise DaemonError("the actor system still names the dead supervisor after 10 s")
+            time.sleep(0.05)
+            self.supervisor = self.asys.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
+        reply = self.ask_supervisor(Configure(self.cfg.to_json(), self.bridge_path), Configured, 30)
         if not isinstance(reply, Configured):
             raise DaemonError(f"the supervisor did not start (answer: {reply!r})")
-        log.info("supervisor ready; %d stored session(s)", reply.sessions)
-        self._start_gateway()
+        if not self.ping_supervisor():
+            raise DaemonError("the supervisor did not answer its first ping")
+        log.info("supervisor ready (pid %d); %d stored session(s)", self.supervisor_pid, reply.sessions)
+
+    def _wait_healthy(self) -> None:
         deadline = time.monotonic() + 30
         while not health_ok(self.cfg.host, self.cfg.port, instance=self.instance):
             if self.gateway is not None and self.gateway.poll() == GATEWAY_BIND_FAILED:
@@ -246,7 +271,6 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise DaemonError("the gateway did not become healthy within 30 s")
             time.sleep(0.05)
-        log.info("serving on http://%s:%d", self.cfg.host, self.cfg.port)
 
     def _start_gateway(self) -> None:
         env = dict(os.environ)
@@ -267,9 +291,11 @@ class Daemon:
                     pass
 
     def serve_forever(self) -> None:
-        """Watch the gateway (restart it when it dies) until SIGINT/SIGTERM."""
+        """Watch the gateway (restart it when it dies) and the supervisor (``recovery.py``)
+        until SIGINT/SIGTERM; DaemonError when the supervisor cannot be brought back."""
         backoff = 0.1
         while not self.stop_event.wait(0.2):
+            self.watch_supervisor()
             if self.gateway is not None and self.gateway.poll() is not None:
                 log.error("gateway exited with code %s; restarting it", self.gateway.returncode)
                 self.gateway_restarts += 1
@@ -290,9 +316,9 @@ class Daemon:
     def stop(self) -> None:
         """Stop the gateway, then every session, then the actor system; leave no process behind."""
         if self.gateway is not None and self.gateway.poll() is None:
-            if self.asys is not None and self.supervisor is not None:
+            if self.asys is not None and self.supervisor_alive():
                 try:  # so that the supervisor logs the link it loses now as a clean stop
-                    self.asys.ask(self.supervisor, GatewayStopping(), 5)
+                    self.ask_supervisor(GatewayStopping(), GatewayStopping, 5)
                 except Exception:
                     log.exception("telling the supervisor that the gateway stops failed")
             self.gateway.terminate()
@@ -302,9 +328,9 @@ class Daemon:
                 self.gateway.kill()
                 self.gateway.wait()
         if self.asys is not None:
-            if self.supervisor is not None:
+            if self.supervisor_alive():
                 try:
-                    done = self.asys.ask(self.supervisor, Shutdown(), 30)
+                    done = self.ask_supervisor(Shutdown(), ShutdownDone, 30)
                     if not isinstance(done, ShutdownDone):
                         log.error("supervisor did not confirm shutdown: %r", done)
                 except Exception:

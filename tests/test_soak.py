@@ -315,7 +315,8 @@ def test_messages_to_a_dead_session_actor_are_not_lost(daemon_factory: Any) -> N
     death is seen; a frame the gateway answers at once (an unknown action) on each connection
     tells that the ones before it have been passed on.
     """
-    daemon = daemon_factory(runtime="echo", close_delay=60)
+    # The supervisor is SIGSTOPped below: the daemon must not replace it meanwhile.
+    daemon = daemon_factory(runtime="echo", close_delay=60, supervisor_timeout=300)
     figures: dict[str, Any] = {}
 
     async def run() -> None:
@@ -374,7 +375,8 @@ def test_init_right_after_a_gateway_restart_is_not_refused(daemon_factory: Any) 
     is answered). A gateway that held the INIT, or refused connections, until the link is up
     would pass.
     """
-    daemon = daemon_factory(runtime="echo", close_delay=60)
+    # The supervisor is SIGSTOPped below: the daemon must not replace it meanwhile.
+    daemon = daemon_factory(runtime="echo", close_delay=60, supervisor_timeout=300)
     figures: dict[str, Any] = {}
 
     async def run() -> None:

@@ -53,6 +53,7 @@ from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observ
 from ..store import Store, open_store
 from .agentstate import AgentStates
 from .passivation import NOT_RUN, SessionTimers
+from .watchdog import SessionPing, SessionPong
 from .workspace import WorkspaceFiles
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]
@@ -120,6 +121,8 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             self._frames_to = msg.frames_to
             # While pooled, so that an activation does not pay for it.
             self.store = self.store or open_store(self.cfg.data_dir, **self.cfg.store_options)
+        elif isinstance(msg, SessionPing):  # the supervisor's watchdog (watchdog.py)
+            self.send(sender, SessionPong(self.session_id or "", self.incarnation, msg.seq))
         elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
             self.send(self.supervisor, Bounced(getattr(msg, "session_id", "") or self.session_id or "", msg))
         elif isinstance(msg, (Attach, Action)) and msg.session_id and msg.session_id != self.session_id:

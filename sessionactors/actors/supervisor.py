@@ -64,6 +64,7 @@ from .gatewaylink import RECONNECT, GatewayLink
 from .lifecycle import CHECK, CHECK_PERIOD, REFILL, SHUTDOWN_TIMEOUT, SessionLifecycle
 from .queries import RETENTION, SessionQueries
 from .registry import Entry
+from .watchdog import SessionPong, SessionWatchdog, SupervisorPing
 
 __all__ = ["SupervisorActor", "SUPERVISOR_NAME"]
 
@@ -73,7 +74,7 @@ SUPERVISOR_NAME = "sessionactors-supervisor"
 AT_CAPACITY = "The server is at capacity; try again later"
 
 
-class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
+class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatchdog, Actor):  # type: ignore[misc]
     """Routes connections to sessions, restarts crashed sessions, knows which exist."""
 
     def __init__(self) -> None:
@@ -108,6 +109,8 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
                 log.exception("supervisor: error handling bridge input")
         elif isinstance(msg, Configure):
             self._configure(msg, sender)
+        elif isinstance(msg, SupervisorPing):  # the daemon's watchdog (recovery.py)
+            self.send(sender, self._pong())
         elif self.cfg is None:
             log.warning("supervisor: %r before Configure, ignored", type(msg).__name__)
         elif self.stopping and isinstance(msg, (Init, Action)):
@@ -119,6 +122,8 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self._on_disconnect(msg.conn_id)
         elif isinstance(msg, Action):
             self._on_action(msg)
+        elif isinstance(msg, SessionPong):
+            self._on_session_pong(msg)
         elif isinstance(msg, Query):
             status, body = self._on_query(msg)
             self.send(sender, QueryReply(msg.req, status, body))
@@ -429,6 +434,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self._sweep_retention()
         elif payload == CHECK:
             self._check_alive()
+            self._ping_sessions()
             self.wakeupAfter(CHECK_PERIOD, payload=CHECK)
         elif payload == SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")

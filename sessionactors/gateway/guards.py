@@ -26,7 +26,6 @@ from greenlet import getcurrent  # eventlet's green threads are greenlets
 
 __all__ = [
     "RESERVED_EVENTS",
-    "Bucket",
     "LogLimiter",
     "close_on_malformed",
     "guard_events",
@@ -43,23 +42,6 @@ catch-all handler. None of them may come from a client as an event."""
 INTERVAL = 10.0
 PER_CONNECTION_BYTES = 2048
 TOTAL_BYTES = 64 * 1024
-
-
-class Bucket:
-    """Token bucket: the per-connection action rate limit."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 def guard_events(sio: Any, refuse: Callable[[str | None, Any], None]) -> None:

@@ -40,10 +40,11 @@ from ..logs import setup_logging  # noqa: E402
 from ..metrics import GatewayMetrics  # noqa: E402
 from ..protocol import NOT_ATTACHED, error_frame, parse_action, parse_init, split_secrets  # noqa: E402
 from .fanout import Fanout, limit_poll_batches  # noqa: E402
-from .guards import Bucket, LogLimiter, close_on_malformed, guard_events, wire_logger  # noqa: E402
+from .guards import LogLimiter, close_on_malformed, guard_events, wire_logger  # noqa: E402
 from .hosts import HostGuard  # noqa: E402
 from .initguard import InitGuard  # noqa: E402
 from .links import ActorLink, LinkServer  # noqa: E402
+from .ratelimit import Bucket  # noqa: E402
 
 __all__ = ["Gateway", "ActorLink", "main"]
 
@@ -147,7 +148,10 @@ class Gateway(Fanout, LinkServer):
         if pending is not None:  # keep order: hold actions until the INIT is answered
             pending[1].append(action)
             return
+        started = time.monotonic()
         self._route_action(sid, action)
+        if bucket is not None:  # a send that blocked held this connection's reads up
+            bucket.stalled(time.monotonic() - started)
 
     def _route_action(self, sid: str, action: dict[str, Any]) -> None:
         session_id = self.conn_session.get(sid)

@@ -229,12 +229,21 @@ class Runtime(abc.ABC):
         return entries
 
     def read_file(self, path: str, limit: int = 1_000_000) -> str:
-        """A workspace file as text (UTF-8), refused when larger than ``limit`` or binary."""
+        """A workspace file as text (UTF-8), refused when larger than ``limit`` or binary.
+
+        Opened once beneath the workspace with no symlink followed, sized with ``fstat``
+        before anything is read and read through that one fd (``_files.read_beneath``): a
+        link the session's shell swaps in after ``_confine`` fails the open, and a huge
+        (or sparse) file gets its 400 without being read.
+        """
+        from ._files import read_beneath
+
         target = self._confine(path)
-        if not target.is_file():
+        root = self.ctx.workspace.resolve()
+        if target == root:
             raise FileNotFoundError(path)
-        data = target.read_bytes()[: limit + 1]
-        if len(data) > limit:
+        data = read_beneath(str(root), str(target.relative_to(root)), limit)
+        if data is None:
             raise ActionError(f"{path} is larger than the {limit} byte limit")
         try:
             return data.decode("utf-8")
@@ -260,8 +269,18 @@ class Runtime(abc.ABC):
 
     def zip_workspace(self, dest: Path) -> None:
         """Write the workspace as a zip archive to ``dest`` (REST ``zip-directory``), file by
-        file, without holding it in memory; symlinks and special files are left out."""
+        file, without holding it in memory; symlinks and special files are left out.
+
+        Each file is opened beneath the workspace with no symlink followed and copied from
+        that fd (``_files.open_beneath``): a link the session's shell swaps in while the
+        walk runs is skipped, never followed out of the workspace.
+        """
+        import shutil
+        import stat
+        import time
         import zipfile
+
+        from ._files import open_beneath
 
         root = self.ctx.workspace.resolve()
         with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -270,9 +289,22 @@ class Runtime(abc.ABC):
             for folder, dirs, files in os.walk(root):
                 dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
                 for name in sorted(files):
-                    full = os.path.join(folder, name)
-                    if os.path.isfile(full) and not os.path.islink(full):
-                        archive.write(full, os.path.relpath(full, root))
+                    rel = os.path.relpath(os.path.join(folder, name), root)
+                    try:
+                        fd = open_beneath(str(root), rel, os.O_RDONLY)
+                    except OSError:
+                        continue  # a symlink (maybe swapped in on the way), or gone meanwhile
+                    with os.fdopen(fd, "rb") as src:
+                        info = os.fstat(fd)
+                        if not stat.S_ISREG(info.st_mode):
+                            continue
+                        os.set_blocking(fd, True)
+                        stamp = max(time.localtime(info.st_mtime)[:6], (1980, 1, 1, 0, 0, 0))
+                        entry = zipfile.ZipInfo(rel, date_time=stamp)
+                        entry.compress_type = zipfile.ZIP_DEFLATED
+                        entry.external_attr = (info.st_mode & 0xFFFF) << 16
+                        with archive.open(entry, "w", force_zip64=True) as out:
+                            shutil.copyfileobj(src, out, 1 << 16)
 
     @abc.abstractmethod
     def stop(self) -> None:
