@@ -9,7 +9,8 @@ Tree::
     ├── StoreError                  the durable store cannot do what was asked
     │   ├── StoreCorrupt            the data directory is corrupt or foreign
     │   ├── SchemaMismatch          schema written by a newer version
-    │   └── EventIdConflict         an append would leave a gap or reuse an id
+    │   ├── EventIdConflict         an append would leave a gap or reuse an id
+    │   └── QuotaExceeded           an append would pass the session's quota (-> 507)
     ├── RuntimeStartError           a session's runtime cannot start (-> 503)
     ├── ActionError                 an action is refused before it runs (-> 400)
     │   └── PathEscape              a path leaves the session's workspace
@@ -36,6 +37,7 @@ __all__ = [
     "StoreCorrupt",
     "SchemaMismatch",
     "EventIdConflict",
+    "QuotaExceeded",
     "RuntimeStartError",
     "ActionError",
     "PathEscape",
@@ -88,6 +90,22 @@ class SchemaMismatch(StoreError):
 
 class EventIdConflict(StoreError):
     """An append would leave a gap in, or reuse, a session's event ids."""
+
+
+class QuotaExceeded(StoreError):
+    """An append would take a session's event log past the store's quota; nothing was stored."""
+
+    error_code = 507
+
+    def __init__(self, session_id: str, used: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"session {session_id} is over its store quota: {used} bytes of events stored, "
+            f"{adding} more would pass the limit of {limit} bytes"
+        )
+        self.session_id = session_id
+        self.used = used
+        self.adding = adding
+        self.limit = limit
 
 
 class RuntimeStartError(SessionActorsError):

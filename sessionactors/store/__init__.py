@@ -5,7 +5,7 @@ the supervisor keeps the session records here; the gateway *reads* event ranges 
 records for the REST API (it never writes).
 
 Layout: ``base`` is the interface (``Store``, ``SessionRecord``) and imports no
-backend; one module per backend beside it (``sqlite`` with its ``sqlite_shards``);
+backend; one module per backend beside it (``sqlite`` with its ``journal`` per session, ``migrate`` and ``sqlite_shards``);
 ``open_store`` here picks the backend. This part may import ``errors`` and nothing
 else of sessionactors: the actors and the gateway depend on it, never the reverse.
 
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import SESSION_STATES, SessionRecord, Store
+from .base import SESSION_STATES, SessionRecord, Store, event_json, event_size
 
-__all__ = ["SESSION_STATES", "SessionRecord", "Store", "open_store"]
+__all__ = ["SESSION_STATES", "SessionRecord", "Store", "event_json", "event_size", "open_store"]
 
 
-def open_store(data_dir: Path | str, *, fsync: str = "full") -> Store:
-    """Open (creating if needed) the embedded SQLite store under ``data_dir``."""
+def open_store(data_dir: Path | str, *, fsync: str = "full", quota_bytes: int | None = None) -> Store:
+    """Open (creating if needed) the embedded store under ``data_dir``; ``quota_bytes``
+    caps each session's stored events (see ``Store.quota_bytes``)."""
     # Imported here so that the interface stays importable without the backend's
     # dependencies (and a future backend does not load SQLite code).
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(Path(data_dir), fsync=fsync)
+    return SQLiteStore(Path(data_dir), fsync=fsync, quota_bytes=quota_bytes)
