@@ -17,13 +17,15 @@ session id when it is made of ``[A-Za-z0-9_-]``, else ``~`` and its SHA-256):
   fsynced), so a journal is never without it. A file that does not start with it is
   refused (``StoreCorrupt``) and never written.
 * then one event per line, ids ascending and contiguous, each line the event's
-  ``base.event_json`` (which never contains a raw newline).
+  ``base.event_json`` (which never contains a raw newline and ends in ``}``). The lines
+  of one append but its last end in ``" \n"``: a batch is complete once a line ends in
+  ``"}\n"``, which makes an append of several events all or nothing.
 
 Crash safety: an append is one ``write`` of whole lines under an exclusive ``flock`` on
 the file, then ``fdatasync`` (``fsync="full"``), and only then the lock is released and
-``append`` returns. A writer killed mid-write leaves at most an incomplete last line (no
-newline): it was never acknowledged; readers ignore it and the next append truncates it
-away. Readers take the lock shared to learn the file's size, so they never see an event
+``append`` returns. A writer killed mid-write (the kernel may have written part of it)
+leaves at most an incomplete last batch: it was never acknowledged; readers ignore it and
+the next append truncates it away. Readers take the lock shared to learn the file's size, so they never see an event
 that is not yet on disk. The index (the offset of every line) is rebuilt from the file
 when it is opened and extended as it grows: nothing but the events is stored.
 """
@@ -112,6 +114,8 @@ class Journal:
         self._offsets = array("q")
         """Start offset of every indexed event line."""
         self._first_id = 0
+        self._joins = 0
+        """Lines that end in ``" \n"`` (not the last of their batch)."""
 
     # -- opening and indexing ------------------------------------------------
     def _open(self, create: bool) -> bool:
@@ -145,7 +149,7 @@ class Journal:
     def _reset(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-        self._fd, self._size, self._offsets, self._first_id = None, 0, array("q"), 0
+        self._fd, self._size, self._offsets, self._first_id, self._joins = None, 0, array("q"), 0, 0
 
     def _corrupt(self, why: str) -> StoreCorrupt:
         return StoreCorrupt(f"the journal {self.path} of session {self.session_id} is corrupt: {why}")
@@ -163,7 +167,9 @@ class Journal:
         if size == self._size:
             return
         data = os.pread(self._fd, size - self._size, self._size)
-        end = data.rfind(b"\n") + 1  # an incomplete last line was never acknowledged
+        last = data.rfind(b"}\n")  # an incomplete last batch was never acknowledged
+        end = last + 2 if last >= 0 else 0
+        self._joins += data.count(b" \n", 0, end)
         pos, base, offsets = 0, self._size, self._offsets
         was_empty = not offsets
         find = data.find
@@ -223,7 +229,10 @@ class Journal:
             return 0
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return self._size - len(self._header) - len(self._offsets)
+        return self._stored_bytes()
+
+    def _stored_bytes(self) -> int:
+        return self._size - len(self._header) - len(self._offsets) - self._joins
 
     def append(self, lines: list[bytes], first_id: int, quota: int | None) -> None:
         """Append ``lines`` (events ``first_id``... each without its newline) durably."""
@@ -240,13 +249,13 @@ class Journal:
                 )
             adding = sum(len(line) for line in lines)
             if quota is not None:
-                used = self._size - len(self._header) - len(self._offsets)
+                used = self._stored_bytes()
                 if used + adding > quota:
                     raise QuotaExceeded(self.session_id, used, adding, quota)
             size = os.fstat(fd).st_size
             if size != self._size:  # the torn tail of a killed writer: never acknowledged
                 os.ftruncate(fd, self._size)
-            data = b"\n".join(lines) + b"\n"
+            data = b" \n".join(lines) + b"\n"
             try:
                 os.lseek(fd, self._size, os.SEEK_SET)
                 _write_all(fd, data)
@@ -266,8 +275,9 @@ class Journal:
             pos = self._size
             for line in lines:
                 self._offsets.append(pos)
-                pos += len(line) + 1
-            self._size = pos
+                pos += len(line) + 2
+            self._size = pos - 1
+            self._joins += len(lines) - 1
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
