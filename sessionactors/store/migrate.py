@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreCorrupt, StoreError
 from . import sqlite_shards as shards_mod
 from .journal import journal_path, write_journal
 from .sqlite_shards import SHARD_DIR
@@ -84,7 +84,7 @@ def shards_to_journals(main: Path, db: sqlite3.Connection, durable: bool) -> lis
         try:
             moved = _move_shard(data_dir, path, durable)
             log.info("store: moved %d events from %s into journals", moved, path.name)
-        except (sqlite3.Error, StoreError) as exc:
+        except (sqlite3.DatabaseError, StoreCorrupt) as exc:  # unreadable; a failed write stops the move
             log.error("store: cannot move the events of %s into journals (kept in place): %s", path, exc)
             failed.append(int(path.stem.split("-", 1)[1]))
     with shards_mod.transaction(db, main, "finishing the move into journals"):
