@@ -72,6 +72,7 @@ class Config:
     # Store
     fsync: str = "full"
     retention_days: float = 0.0
+    session_quota_bytes: int = 1 << 30
     # Security
     token_ttl: float = 7 * 24 * 3600.0
     token_secret: str | None = None
@@ -144,6 +145,8 @@ class Config:
             raise ConfigError("restart_intensity", "must be >= 0")
         if self.restart_period <= 0:
             raise ConfigError("restart_period", "must be > 0 seconds")
+        if self.session_quota_bytes < 0:
+            raise ConfigError("session_quota_bytes", "must be >= 0 bytes (0: no quota)")
         if self.retention_days < 0:
             raise ConfigError("retention_days", "must be >= 0 (0: keep forever)")
         if self.token_ttl <= 0:

@@ -40,7 +40,7 @@ from .actorsystem import (
 )
 from .bridge import INSTANCE_ENV, INSTANCE_HEADER
 from .config import Config
-from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError
+from .errors import GATEWAY_BIND_FAILED, ActorSystemInUse, DaemonError, StoreError
 from .messages import Configure, Configured, GatewayStopping, Shutdown, ShutdownDone
 
 __all__ = [
@@ -159,6 +159,16 @@ class Daemon:
             path = Path(tempfile.mkdtemp(prefix="sa-")) / "bridge.sock"
         self.bridge_path = str(path)
 
+    def _check_store(self) -> None:
+        """Open the store once before any actor starts: a damaged or foreign registry stops
+        the daemon with its reason (one line), and a schema migration runs here, once."""
+        from .store import open_store
+
+        try:
+            open_store(self.cfg.data_dir, fsync=self.cfg.fsync).close()
+        except StoreError as exc:
+            raise DaemonError(f"cannot open the store: {exc}") from exc
+
     def _check_leftovers(self) -> None:
         """Refuse to join, or reclaim, an actor system a crashed daemon left behind."""
         state = read_state(self.cfg)
@@ -205,6 +215,7 @@ class Daemon:
         self._prepare_dirs()
         self._check_leftovers()
         check_port_free(self.cfg.host, self.cfg.port)  # before anything starts: nothing to undo
+        self._check_store()
         self.owns_run_dir = True
         self.asys = start_system(
             self.cfg.actor_base,
