@@ -114,6 +114,8 @@ class Journal:
         self._offsets = array("q")
         """Start offset of every indexed event line."""
         self._first_id = 0
+        self._checked = 0
+        """Lines checked by ``_check_tail`` (the last one's id matched the index)."""
         self._joins = 0
         """Lines that end in ``" \n"`` (not the last of their batch)."""
 
@@ -150,6 +152,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._size, self._offsets, self._first_id, self._joins = None, 0, array("q"), 0, 0
+        self._checked = 0
 
     def _corrupt(self, why: str) -> StoreCorrupt:
         return StoreCorrupt(f"the journal {self.path} of session {self.session_id} is corrupt: {why}")
@@ -206,6 +209,14 @@ class Journal:
             raise
         return True
 
+    def _check_tail(self) -> None:
+        """The last indexed line must hold the id the index implies (checked once per
+        growth of the index: lines this process appended itself are known good)."""
+        if self._offsets and self._checked != len(self._offsets):
+            if self._line_id(len(self._offsets) - 1) != self.last_id:
+                raise self._corrupt("its ids are not contiguous")
+            self._checked = len(self._offsets)
+
     @property
     def last_id(self) -> int:
         return self._first_id + len(self._offsets) - 1 if self._offsets else -1
@@ -217,8 +228,7 @@ class Journal:
             return -1
         assert self._fd is not None
         try:
-            if self._offsets and self._line_id(len(self._offsets) - 1) != self.last_id:
-                raise self._corrupt("its ids are not contiguous")
+            self._check_tail()
             return self.last_id
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -240,8 +250,7 @@ class Journal:
         assert self._fd is not None
         fd = self._fd
         try:
-            if self._offsets and self._line_id(len(self._offsets) - 1) != self.last_id:
-                raise self._corrupt("its ids are not contiguous")
+            self._check_tail()
             if first_id != self.last_id + 1:
                 raise EventIdConflict(
                     f"session {self.session_id}: event id {first_id} where {self.last_id + 1} "
@@ -278,6 +287,8 @@ class Journal:
                 pos += len(line) + 2
             self._size = pos - 1
             self._joins += len(lines) - 1
+            if self._checked == len(self._offsets) - len(lines):
+                self._checked = len(self._offsets)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
