@@ -41,6 +41,11 @@ def test_a_damaged_journal_fails_only_its_session_with_the_cause(daemon_factory:
         assert "error" in answer, answer
         assert "corrupt" in answer["error"] and victim["session_id"] in answer["error"], answer
         assert answer["error_code"] == 500
+        token = (d.data_dir / "run" / "admin.token").read_text().strip()
+        status, rows = d.http("GET", "/api/admin/sessions", token=token)  # the listing still works
+        assert status == 200, rows
+        (row,) = [r for r in rows if r["session_id"] == victim["session_id"]]
+        assert row["last_event_id"] is None and "corrupt" in row["store_error"], row
         fine = other.init()  # every other session keeps working
         assert fine["status"] == "ok"
         other.send(msg("still fine"))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
 from ..bridge import FILE_OPS
+from ..errors import StoreError
 from ..messages import FileRequest, Query
 from ..protocol import error_frame, status_update
 from .registry import Entry
@@ -75,11 +76,16 @@ class SessionQueries:
         state = entry.state if entry is not None else record.state
         if state == "passivating":
             state = "passivated"
-        return {
+        try:
+            last: int | None = self.store.last_event_id(session_id)
+            damage = None
+        except StoreError as exc:  # one damaged journal must not hide every other session
+            last, damage = None, str(exc)
+        info = {
             "session_id": session_id,
             "state": state,
             "connections": len(entry.conns) if entry is not None else 0,
-            "last_event_id": self.store.last_event_id(session_id),
+            "last_event_id": last,
             "owner": record.owner,
             "owner_login": record.owner_login,
             "created_at": record.created_at,
@@ -87,6 +93,9 @@ class SessionQueries:
             "token_version": record.token_version,
             "pid": entry.pid if entry is not None and entry.state == "live" else None,
         }
+        if damage is not None:
+            info["store_error"] = damage
+        return info
 
     def _on_query(self, msg: Query) -> tuple[int, Any]:
         assert self.store is not None
