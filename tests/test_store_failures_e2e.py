@@ -33,7 +33,9 @@ def test_a_damaged_journal_fails_only_its_session_with_the_cause(daemon_factory:
     a.wait_events(1)
     a.close()
     wait_for(lambda: state_of(d, victim) == "passivated", 30, "the session to passivate")
+    assert d.stop() == []
     journal_path(d.data_dir, victim["session_id"]).write_bytes(b"\0" * 4096)  # a damaged disk block
+    d = daemon_factory(close_delay=0.2, data_dir=d.data_dir)
     b = Client(d.url)
     other = Client(d.url)
     try:
