@@ -20,7 +20,7 @@ import pytest
 from sessionactors.errors import EventIdConflict, QuotaExceeded, StoreCorrupt, StoreError
 from sessionactors.store import SessionRecord, event_size
 from sessionactors.store import migrate as migrate_mod
-from sessionactors.store.journal import journal_path
+from sessionactors.store.journal import journal_path, write_journal
 from sessionactors.store.sqlite import SQLiteStore
 from sessionactors.store.sqlite_shards import Shard, shard_index
 
@@ -261,3 +261,16 @@ def test_a_session_actor_keeps_one_descriptor(tmp_path: Path) -> None:
             s.last_event_id(f"r{n}")
             s.append(f"r{n}", [ev(0)])
         assert len(os.listdir("/proc/self/fd")) <= before + 64 + 1
+
+
+def test_creating_a_journal_never_replaces_one_that_exists(tmp_path: Path) -> None:
+    # Two incarnations that both found no journal: the later creation must not drop what
+    # the earlier one already appended (a rename over it would).
+    data = tmp_path / "d"
+    with closing(SQLiteStore(data)) as s:
+        s.append("race", [ev(0), ev(1)])
+    path = journal_path(data, "race")
+    before = path.read_bytes()
+    write_journal(path, "race", [], replace=False)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left

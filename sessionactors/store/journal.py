@@ -71,9 +71,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_journal(path: Path, session_id: str, lines: list[bytes], durable: bool = True) -> None:
-    """Create (or replace) the journal at ``path`` atomically with ``lines`` (each ending
-    in a newline): a temporary file, fsynced, renamed into place, the directory fsynced."""
+def write_journal(
+    path: Path, session_id: str, lines: list[bytes], durable: bool = True, replace: bool = True
+) -> None:
+    """Create (or, with ``replace``, replace) the journal at ``path`` atomically with
+    ``lines`` (each ending in a newline): a temporary file, fsynced, moved into place, the
+    directory fsynced. Without ``replace`` an existing journal is left alone (``link``
+    fails for an existing name, where a rename would drop what another writer appended)."""
     created = not path.parent.exists()
     path.parent.parent.mkdir(mode=0o700, exist_ok=True)  # parents=True would ignore the mode
     path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -85,7 +89,15 @@ def write_journal(path: Path, session_id: str, lines: list[bytes], durable: bool
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another incarnation created it first: use theirs
+        finally:
+            os.unlink(tmp)
     if durable:
         _fsync_dir(path.parent)
         if created:
@@ -139,7 +151,7 @@ class Journal:
             if not create:
                 return False
             try:
-                write_journal(self.path, self.session_id, [], self.durable)
+                write_journal(self.path, self.session_id, [], self.durable, replace=False)
                 fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
                 raise StoreError(f"cannot create the journal {self.path}: {exc}") from exc
