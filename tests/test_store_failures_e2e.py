@@ -4,8 +4,10 @@ exits non-zero) and the per-session quota (a clear error to the sender, nothing 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,27 @@ def test_the_quota_refuses_with_a_clear_error_and_loses_nothing(daemon_factory: 
         assert again.events() == stored  # nothing stored was lost
     finally:
         again.close()
+
+
+def test_serve_migrates_a_data_dir_of_the_schema_3_code(daemon_factory: Any, tmp_path: Path) -> None:
+    # tests/data/store-v3.tar.gz was written by the previous release (tests/data/make_store_v3.py).
+    with tarfile.open(Path(__file__).parent / "data" / "store-v3.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    expected = json.loads((tmp_path / "expected.json").read_text())
+    d = daemon_factory(data_dir=tmp_path / "data")
+    assert not (d.data_dir / "events").exists()
+    token = (d.data_dir / "run" / "admin.token").read_text().strip()
+    status, rows = d.http("GET", "/api/admin/sessions", token=token)
+    assert status == 200, rows
+    last = {r["session_id"]: r["last_event_id"] for r in rows}
+    assert last == {
+        **{sid: len(events) - 1 for sid, events in expected.items() if sid != "orphan"},
+        "no-events": -1,
+    }
+    c = Client(d.url)  # and the daemon serves new sessions on the new layout
+    try:
+        assert c.init()["status"] == "ok"
+        c.send(msg("after the migration"))
+        c.wait_events(1)
+    finally:
+        c.close()
