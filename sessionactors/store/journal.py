@@ -87,6 +87,9 @@ def write_journal(
         _write_all(fd, header(session_id) + b"".join(lines))
         if durable:
             os.fsync(fd)
+    except BaseException:
+        os.unlink(tmp)  # a full disk must not leave half a journal behind
+        raise
     finally:
         os.close(fd)
     if replace:
