@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--load-procs", type=int, help="number of load processes (default 1)")
     parser.add_argument("--levels", help="comma-separated session counts for the growth table")
+    parser.add_argument(
+        "--rate", type=float, help="messages per second per session in the round trips (default 2)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     parser.add_argument("--pool-size", type=int, help="the daemon's warm pool size (default: its own)")
     parser.add_argument(
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.load_procs:
         changes["load_procs"] = args.load_procs
+    if args.rate:
+        changes["rt_rate"] = args.rate
     if args.levels:
         changes["levels"] = tuple(int(x) for x in args.levels.split(","))
     if args.no_profile:

@@ -154,7 +154,7 @@ def render(result: dict[str, Any]) -> str:
     if growth:
         lines += [
             "",
-            "### Cost growth with the number of live sessions (round trip at 2 messages/s per session)",
+            f"### Cost growth with the number of live sessions (round trip at {plan.get('rt_rate')} messages/s per session)",
             "",
             "| sessions | ours new INIT/s | ours RT p50 / p99 (ms) | limit RT p50 / p99 | single new INIT/s "
             "| single RT p50 / p99 | ours lost + errors |",

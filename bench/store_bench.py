@@ -88,6 +88,9 @@ def bench_append(fsync: str, sessions: int, per_session: int) -> dict[str, float
                 raise SystemExit(f"writer {p.pid} exited with {p.exitcode}")
         with closing(SQLiteStore(Path(tmp))) as store:
             stored = sum(store.last_event_id(f"s{n}") + 1 for n in range(sessions))
+        files = [p for p in Path(tmp).rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        allocated = sum(p.stat().st_blocks * 512 for p in files)
     assert stored == sessions * per_session, (stored, sessions * per_session)
     return {
         "events": float(stored),
@@ -95,6 +98,8 @@ def bench_append(fsync: str, sessions: int, per_session: int) -> dict[str, float
         "rate": stored / wall,
         "p50": percentile(latencies, 50) * 1000,
         "p99": percentile(latencies, 99) * 1000,
+        "bytes": size / stored,
+        "allocated": allocated / stored,
     }
 
 
@@ -141,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Append: {args.sessions} sessions x {per_session} events, a process each, one event per transaction"
     )
     print()
-    print("| fsync  | events | wall (s) | events/s | p50 append (ms) | p99 append (ms) |")
-    print("|--------|-------:|---------:|---------:|----------------:|----------------:|")
+    print(
+        "| fsync  | events | wall (s) | events/s | p50 append (ms) | p99 append (ms) | disk B/event (size / allocated) |"
+    )
+    print("|--------|-------:|---------:|---------:|----------------:|----------------:|----------------:|")
     for fsync in ("full", "normal"):
         r = bench_append(fsync, args.sessions, per_session)
         print(f"| {fsync:<6} | {r['events']:6.0f} | {r['wall']:8.2f} | {r['rate']:8.0f} "
-              f"| {r['p50']:15.2f} | {r['p99']:15.2f} |")  # fmt: skip
+              f"| {r['p50']:15.2f} | {r['p99']:15.2f} | {r['bytes']:.0f} / {r['allocated']:.0f} |")  # fmt: skip
     print()
     total, page = 10_000, 500
     r = bench_replay(total, page, runs)

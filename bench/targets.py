@@ -394,17 +394,23 @@ class OursTarget(Target):
             store.close()
 
     def db_size(self) -> int:
-        files = [*self.data_dir.glob("sessionactors.db*"), *self.data_dir.glob("events/shard-*.db*")]
+        """Bytes of the store's files: the registry, the journals (schema 4) and any shards (3)."""
+        files = [
+            *self.data_dir.glob("sessionactors.db*"),
+            *self.data_dir.glob("journals/*/*.log"),
+            *self.data_dir.glob("events/shard-*.db*"),
+        ]
         return sum(p.stat().st_size for p in files)
 
     def db_counts(self) -> tuple[int, int]:
-        """(sessions, events) stored: records in the main file, events over the shards."""
+        """(sessions, events) stored: records in the registry, events in the journals (a line
+        each after the header) or the shards."""
         db = sqlite3.connect(f"file:{self.data_dir / 'sessionactors.db'}?mode=ro", uri=True, timeout=10)
         try:
             (sessions,) = db.execute("SELECT count(*) FROM sessions").fetchone()
         finally:
             db.close()
-        events = 0
+        events = sum(p.read_bytes().count(b"\n") - 1 for p in self.data_dir.glob("journals/*/*.log"))
         for shard in sorted(self.data_dir.glob("events/shard-*.db")):
             db = sqlite3.connect(f"file:{shard}?mode=ro", uri=True, timeout=10)
             try:

@@ -83,6 +83,7 @@ class Config:
     node_name: str = field(default_factory=socket.gethostname)
     lease_ttl: float = 45.0
     lease_renew: float = 15.0
+    session_quota_bytes: int = 1 << 30
     # Security
     token_ttl: float = 7 * 24 * 3600.0
     token_secret: str | None = None
@@ -163,6 +164,8 @@ class Config:
         for key in ("supervisor_timeout", "session_ping_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be > 0 seconds")
+        if self.session_quota_bytes < 0:
+            raise ConfigError("session_quota_bytes", "must be >= 0 bytes (0: no quota)")
         if self.retention_days < 0:
             raise ConfigError("retention_days", "must be >= 0 (0: keep forever)")
         if self.token_ttl <= 0:
@@ -242,7 +245,11 @@ class Config:
     @property
     def store_options(self) -> dict[str, Any]:
         """The keywords of ``store.open_store`` (after ``data_dir``)."""
-        options: dict[str, Any] = {"fsync": self.fsync, "url": self.store_url}
+        options: dict[str, Any] = {
+            "fsync": self.fsync,
+            "url": self.store_url,
+            "quota_bytes": self.session_quota_bytes or None,
+        }
         if self.store_url:
             options.update(node=self.node_name, lease_ttl=self.lease_ttl, lease_renew=self.lease_renew)
         return options

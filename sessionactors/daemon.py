@@ -155,23 +155,22 @@ class Daemon(SupervisorRecovery):
         self.instance = os.environ.pop(INSTANCE_ENV, "") or secrets.token_hex(8)
 
     # -- start-up ------------------------------------------------------------------
-    def _check_shared_store(self) -> None:
-        """With ``store_url``: connect once before anything starts, so that an unreachable or
-        foreign database is one line here, not a supervisor that fails to configure."""
-        if self.cfg.store_url:
-            from .store import open_store
-
-            try:
-                open_store(self.cfg.data_dir, **self.cfg.store_options).close()
-            except StoreError as exc:
-                raise DaemonError(str(exc)) from None
-
     def _prepare_dirs(self) -> None:
         prepare_data_dir(self.cfg)
         path = self.cfg.run_dir / "bridge.sock"
         if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
             path = Path(tempfile.mkdtemp(prefix="sa-")) / "bridge.sock"
         self.bridge_path = str(path)
+
+    def _check_store(self) -> None:
+        """Open the store once before any actor starts: a damaged or foreign registry stops
+        the daemon with its reason (one line), and a schema migration runs here, once."""
+        from .store import open_store
+
+        try:
+            open_store(self.cfg.data_dir, **self.cfg.store_options).close()
+        except StoreError as exc:
+            raise DaemonError(f"cannot open the store: {exc}") from exc
 
     def _check_leftovers(self) -> None:
         """Refuse to join, or reclaim, an actor system a crashed daemon left behind."""
@@ -218,7 +217,7 @@ class Daemon(SupervisorRecovery):
         self._prepare_dirs()
         self._check_leftovers()
         check_port_free(self.cfg.host, self.cfg.port)  # before anything starts: nothing to undo
-        self._check_shared_store()
+        self._check_store()
         self.owns_run_dir = True
         self.asys = start_system(
             self.cfg.actor_base,

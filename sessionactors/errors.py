@@ -11,6 +11,7 @@ Tree::
     │   ├── SchemaMismatch          schema written by a newer version
     │   ├── EventIdConflict         an append would leave a gap or reuse an id
     │   └── LeaseLost               this node does not own the session (fenced write)
+    │   └── QuotaExceeded           an append would pass the session's quota (-> 507)
     ├── RuntimeStartError           a session's runtime cannot start (-> 503)
     ├── ActionError                 an action is refused before it runs (-> 400)
     │   └── PathEscape              a path leaves the session's workspace
@@ -38,6 +39,7 @@ __all__ = [
     "SchemaMismatch",
     "EventIdConflict",
     "LeaseLost",
+    "QuotaExceeded",
     "RuntimeStartError",
     "ActionError",
     "PathEscape",
@@ -97,6 +99,22 @@ class LeaseLost(StoreError):
     over since this node's copy started), so this copy must stop."""
 
     error_code = 503
+
+
+class QuotaExceeded(StoreError):
+    """An append would take a session's event log past the store's quota; nothing was stored."""
+
+    error_code = 507
+
+    def __init__(self, session_id: str, used: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"session {session_id} is over its store quota: {used} bytes of events stored, "
+            f"{adding} more would pass the limit of {limit} bytes"
+        )
+        self.session_id = session_id
+        self.used = used
+        self.adding = adding
+        self.limit = limit
 
 
 class RuntimeStartError(SessionActorsError):

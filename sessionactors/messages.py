@@ -20,6 +20,7 @@ __all__ = [
     "Action",
     "Activate",
     "Activated",
+    "ActivationFailed",
     "Attach",
     "Detach",
     "Passivated",
@@ -159,6 +160,17 @@ class Passivated:
 class SessionFailed:
     """Session actor -> supervisor: my runtime failed ``restart_intensity`` times within
     ``restart_period``: mark me failed, tell my connections ``why`` and end me."""
+
+    session_id: str
+    incarnation: int
+    why: str
+
+
+@dataclass(frozen=True)
+class ActivationFailed:
+    """Session actor -> supervisor: I could not activate for a reason no retry mends (the
+    store cannot read my events: ``why`` names the file and the cause); tell the waiting
+    connections ``why`` and end me. The session stays passivated."""
 
     session_id: str
     incarnation: int

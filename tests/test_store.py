@@ -25,7 +25,9 @@ import pytest
 
 from sessionactors.errors import EventIdConflict, SchemaMismatch, StoreCorrupt, StoreError
 from sessionactors.store import SessionRecord, open_store
+from sessionactors.store import journal as journal_mod
 from sessionactors.store import sqlite as sqlite_store
+from sessionactors.store.journal import journal_path
 from sessionactors.store.sqlite import SQLiteStore
 from sessionactors.store.sqlite_shards import is_busy
 
@@ -183,9 +185,8 @@ def test_round_trip_preserves_exact_json(store: SQLiteStore) -> None:
     assert back == events
     # Same key order and values byte for byte once serialised.
     assert [json.dumps(e) for e in back] == [json.dumps(e) for e in events]
-    with closing(sqlite3.connect(store._shard("s").path)) as db:
-        raw = db.execute("SELECT body FROM events WHERE session_id = 's' ORDER BY id").fetchall()
-    assert [r[0] for r in raw] == [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in events]
+    raw = [line.rstrip(" ") for line in journal_path(store.data_dir, "s").read_text().splitlines()[1:]]
+    assert raw == [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in events]
     assert store.last_event_id("s") == 2
     assert store.last_event_id("other") == -1
     assert store.read("other") == []
@@ -229,41 +230,41 @@ def test_read_ranges_at_the_edges(store: SQLiteStore) -> None:
         store.read("s", 0, limit=-1)
 
 
-def test_replay_of_10000_events_in_order_with_one_query(store: SQLiteStore) -> None:
+def test_replay_of_10000_events_in_order_with_one_read(store: SQLiteStore, monkeypatch) -> None:
     for start in range(0, 10_000, 500):
         store.append("big", [make_event(i) for i in range(start, start + 500)])
     store.append("neighbour", [make_event(0)])
-    statements: list[str] = []
-    store.read("big", 0, limit=0)  # the shard is opened lazily: open it before tracing
-    shard_db = store._shard("big").conn()
-    shard_db.set_trace_callback(statements.append)
-    store._conn().set_trace_callback(statements.append)
-    t0 = time.perf_counter()
+    reads: list[int] = []
+    real_pread = journal_mod.os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(journal_mod.os, "pread", pread)
     events = store.read("big", 0)
-    elapsed = time.perf_counter() - t0
-    shard_db.set_trace_callback(None)
-    store._conn().set_trace_callback(None)
     assert [e["id"] for e in events] == list(range(10_000))
     assert events[1234] == make_event(1234) and events[-1] == make_event(9999)
-    assert len(statements) == 1, statements  # no per-event round trips
-    assert elapsed < 5.0  # generous: about 50 ms on a laptop
+    assert len(reads) == 1, reads  # the index is up to date: no per-event reads
+    assert [e["id"] for e in store.read("big", 9_990, limit=5)] == list(range(9_990, 9_995))
 
 
 def test_inherited_store_reconnects_after_fork(store: SQLiteStore) -> None:
     inherited = store._conn()
-    inherited_shard = store._shard("forked").conn()
+    store.last_event_id("forked")  # creates nothing, but opens the handle
+    store.append("forked", [])
 
     def child() -> None:
-        # Fresh connections, not the parent's; then a normal append.
+        # Fresh connections and descriptors, not the parent's; then a normal append.
         assert store._conn() is not inherited
-        assert store._shard("forked").conn() is not inherited_shard
         store.append("forked", [make_event(0), make_event(1)])
+        assert store._journal("forked")._pid == os.getpid()
 
     proc = multiprocessing.get_context("fork").Process(target=child)
     proc.start()
     proc.join(timeout=60)
     assert proc.exitcode == 0
-    assert store._conn() is inherited and store._shard("forked").conn() is inherited_shard
+    assert store._conn() is inherited
     store.append("forked", [make_event(2)])
     assert [e["id"] for e in store.read("forked")] == [0, 1, 2]
 
@@ -348,19 +349,22 @@ def test_open_options_and_close(tmp_path: Path) -> None:
         s = open_store(data, fsync=fsync)
         assert isinstance(s, SQLiteStore)
         s.append("x", [make_event(0)] if fsync == "full" else [make_event(1)])
-        for db in (s._conn(), s._shard("x").conn()):
-            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA synchronous").fetchone()[0] == level
-            assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        db = s._conn()
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert s._journal("x").durable is (fsync == "full")
         s.close()
         s.close()  # idempotent
         with pytest.raises(StoreError, match="closed"):
             s.read("x")
     assert data.stat().st_mode & 0o777 == 0o700
     assert (data / "sessionactors.db").stat().st_mode & 0o077 == 0
-    assert (data / "events").stat().st_mode & 0o777 == 0o700
-    shard_files = list((data / "events").iterdir())
-    assert shard_files and all(p.stat().st_mode & 0o077 == 0 for p in shard_files)
+    journal = journal_path(data, "x")
+    for directory in (data / "journals", journal.parent):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    assert journal.stat().st_mode & 0o077 == 0
+    assert not (data / "events").exists()
 
 
 # -- durability and concurrency -------------------------------------------------------
@@ -466,14 +470,15 @@ def test_v1_database_is_migrated_keeping_data(tmp_path: Path) -> None:
         assert s.read("old") == [make_event(i) for i in range(50)]
         s.append("old", [make_event(50)])
         s.update_session("old", owner_login="octocat", token_version=4)
-    with closing(SQLiteStore(tmp_path / "data")) as s:  # reopening a v3 file changes nothing
+    with closing(SQLiteStore(tmp_path / "data")) as s:  # reopening a v4 file changes nothing
         rec = s.get_session("old")
         assert rec is not None and (rec.owner_login, rec.token_version) == ("octocat", 4)
         assert s.last_event_id("old") == 50
     with closing(sqlite3.connect(path)) as db, db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
-        assert db.execute("SELECT value FROM meta WHERE key = 'shards'").fetchone() == ("16",)
-        assert _tables(path) == {"meta", "sessions"}  # the events moved into the shards
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        assert _tables(path) == {"meta", "sessions"}  # the events moved into journals
+    assert not (tmp_path / "data" / "events").exists()
+    assert len(journal_path(tmp_path / "data", "old").read_bytes().splitlines()) == 1 + 51
     assert {"owner_login", "token_version"} <= set(_columns(path))
 
 
@@ -499,7 +504,7 @@ def test_newer_schema_version_is_refused_untouched(tmp_path: Path) -> None:
         s.append("s", [make_event(0)])
     path = data / "sessionactors.db"
     with closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     before = _sha(path)
     with pytest.raises(SchemaMismatch, match="newer"):
         SQLiteStore(data)
@@ -552,85 +557,49 @@ def _shard_rows(path: Path, sid: str | None = None) -> list[tuple[str, int]]:
         ).fetchall()
 
 
-def test_sessions_spread_over_shards_by_a_stable_hash(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    sids = [f"session-{n}" for n in range(64)]
-    with closing(SQLiteStore(data, shards=8)) as s:
-        assert s.shards == 8
-        for sid in sids:
-            s.append(sid, [make_event(0), make_event(1)])
-        for sid in sids:  # the same index in every process: sha256, not the salted hash()
-            k = int(hashlib.sha256(sid.encode()).hexdigest(), 16) % 8
-            assert s._shard(sid).path == data / "events" / f"shard-{k}.db"
-            assert _shard_rows(s._shard(sid).path, sid) == [(sid, 0), (sid, 1)]
-    files = sorted(p.name for p in (data / "events").iterdir() if p.suffix == ".db")
-    assert len(files) >= 6  # 64 ids over 8 shards: (nearly) all of them used
-    assert sum(len(_shard_rows(data / "events" / name)) for name in files) == 2 * len(sids)
-    # A session actor opens only its own shard.
-    with closing(SQLiteStore(data)) as s:
-        assert s.read("session-3") == [make_event(0), make_event(1)]
-        assert list(s._shards) == [sqlite_store.shard_index("session-3", 8)]
-
-
-def test_reopening_with_another_shard_count_keeps_the_recorded_one(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    sids = [f"s{n}" for n in range(40)]
-    with closing(SQLiteStore(data, shards=4)) as s:
-        for n, sid in enumerate(sids):
-            s.append(sid, [make_event(i) for i in range(n % 5 + 1)])
-    for shards in (1, 7, 16, 4):
-        with closing(SQLiteStore(data, shards=shards)) as s:
-            assert s.shards == 4
-            for n, sid in enumerate(sids):
-                assert s.read(sid) == [make_event(i) for i in range(n % 5 + 1)]
-    assert len(list((data / "events").glob("shard-*.db"))) <= 4
-    with pytest.raises(ValueError, match="shards"):
-        SQLiteStore(data, shards=0)
-
-
 def test_concurrent_writers_on_many_sessions_all_succeed(tmp_path: Path, spawn) -> None:
     data, writers, count = tmp_path / "data", 24, 40
     SQLiteStore(data).close()
     run_concurrent_writers(spawn, data, "c", writers, count)
     with closing(SQLiteStore(data)) as s:
-        assert len({s._shard(f"c{n}").path for n in range(writers)}) > 1
         for n in range(writers):
             assert s.read(f"c{n}") == [make_event(i) for i in range(count)]
 
 
-@pytest.mark.parametrize("garbage", [False, True], ids=["foreign-db", "not-a-db"])
-def test_foreign_file_at_a_shard_path_is_refused_untouched(tmp_path: Path, garbage: bool) -> None:
+@pytest.mark.parametrize("garbage", [b"this is not a journal\n" * 200, b"\0" * 5000], ids=["text", "zeros"])
+def test_foreign_file_at_a_journal_path_is_refused_untouched(tmp_path: Path, garbage: bytes) -> None:
     data = tmp_path / "data"
     SQLiteStore(data).close()
-    path = data / "events" / f"shard-{sqlite_store.shard_index('victim', 16)}.db"
-    path.parent.mkdir()
-    if garbage:
-        path.write_bytes(b"this is not a database\n" * 200)
-    else:
-        with closing(sqlite3.connect(path)) as db, db:
-            db.execute("CREATE TABLE events (session_id TEXT, id INTEGER, body TEXT)")
-            db.execute("INSERT INTO events VALUES ('victim', 0, '{}')")
-    before = _sha(path)
+    path = journal_path(data, "victim")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(garbage)
     with closing(SQLiteStore(data)) as s:
-        for call in (lambda: s.read("victim"), lambda: s.append("victim", [make_event(0)])):
+        for call in (
+            lambda: s.read("victim"),
+            lambda: s.last_event_id("victim"),
+            lambda: s.append("victim", [make_event(0)]),
+        ):
             with pytest.raises(StoreCorrupt) as info:
                 call()
-            assert str(path) in str(info.value)
-        s.create_session(SessionRecord("other-record"))  # the main file still works
-    assert _sha(path) == before
+            assert str(path) in str(info.value) and "header" in str(info.value)
+        s.create_session(SessionRecord("other-record"))  # the registry still works
+        s.append("other", [make_event(0)])  # and so do other sessions
+    assert path.read_bytes() == garbage
 
 
-def test_delete_removes_the_events_from_the_shard(store: SQLiteStore) -> None:
+def test_delete_removes_the_journal(store: SQLiteStore) -> None:
     store.create_session(SessionRecord("gone"))
     store.create_session(SessionRecord("kept"))
     store.append("gone", [make_event(i) for i in range(20)])
     store.append("kept", [make_event(i) for i in range(3)])
-    path = store._shard("gone").path
-    assert len(_shard_rows(path, "gone")) == 20
+    path = journal_path(store.data_dir, "gone")
+    assert path.exists()
     assert store.delete_session("gone") is True
-    assert _shard_rows(path, "gone") == []
-    assert _shard_rows(store._shard("kept").path, "kept") == [("kept", 0), ("kept", 1), ("kept", 2)]
+    assert not path.exists() and store.read("gone") == [] and store.last_event_id("gone") == -1
+    assert store.read("kept") == [make_event(i) for i in range(3)]
     assert store.get_session("gone") is None and store.delete_session("gone") is False
+    store.append("gone", [make_event(0)])  # a new session of that id starts at 0 again
+    assert store.read("gone") == [make_event(0)]
 
 
 def _make_v2(data: Path, sessions: int, per_session: int) -> Path:
@@ -655,7 +624,7 @@ def _make_v2(data: Path, sessions: int, per_session: int) -> Path:
     return path
 
 
-def test_v2_database_is_migrated_into_shards(tmp_path: Path) -> None:
+def test_v2_database_is_migrated_into_journals(tmp_path: Path) -> None:
     data = tmp_path / "data"
     path = _make_v2(data, sessions=30, per_session=10)
     with closing(SQLiteStore(data, shards=5)) as s:
@@ -668,8 +637,9 @@ def test_v2_database_is_migrated_into_shards(tmp_path: Path) -> None:
     assert _tables(path) == {"meta", "sessions"}
     with closing(sqlite3.connect(path)) as db, db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
-    assert (meta["schema_version"], meta["shards"]) == ("3", "5")
-    total = sum(len(_shard_rows(p)) for p in (data / "events").glob("shard-*.db"))
+    assert (meta["schema_version"], meta["shards"]) == ("4", "5")
+    assert not (data / "events").exists()
+    total = sum(len(p.read_bytes().splitlines()) - 1 for p in (data / "journals").glob("*/*.log"))
     assert total == sum(10 + n for n in range(30)) + 1
 
 

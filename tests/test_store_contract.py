@@ -239,3 +239,33 @@ def test_inherited_handle_reconnects_after_fork(store: Store) -> None:
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert [e["id"] for e in store.read("forked")] == [0, 1, 2]  # the parent's connection still works
+
+
+def test_quota_refuses_an_append_past_it_and_stores_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, open_handle: Factory
+) -> None:
+    """Issue 18 item 9 on every backend: the session's stored bytes (``event_size``) are
+    capped; the append that would pass the cap raises QuotaExceeded and stores nothing,
+    a later one that fits is stored, and other sessions are not charged."""
+    from sessionactors.errors import QuotaExceeded
+    from sessionactors.store.base import event_size
+
+    probe = open_handle()
+    kwargs: dict[str, Any] = {"url": getattr(probe, "url", None)}
+    if kwargs["url"]:
+        kwargs["node"] = "node-a"
+    limit = 3 * event_size(make_event(0, pad="x" * 100))
+    store = open_store(tmp_path / "data", quota_bytes=limit, **kwargs)
+    try:
+        assert store.quota_bytes == limit
+        store.append("s", [make_event(0, pad="x" * 100), make_event(1, pad="x" * 100)])
+        with pytest.raises(QuotaExceeded) as refused:
+            store.append("s", [make_event(2, pad="x" * 100), make_event(3, pad="x" * 100)])
+        assert refused.value.limit == limit and refused.value.session_id == "s"
+        assert store.last_event_id("s") == 1  # nothing of the refused batch
+        store.append("s", [make_event(2, pad="x" * 100)])  # this one still fits
+        assert [e["id"] for e in store.read("s")] == [0, 1, 2]
+        store.append("other", [make_event(0, pad="x" * 100)])  # another session's own budget
+        assert store.event_bytes("s") == limit
+    finally:
+        store.close()

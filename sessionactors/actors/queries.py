@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
 
 from ..bridge import FILE_OPS
+from ..errors import StoreError
 from ..messages import FileRequest, Query
 from ..protocol import error_frame, status_update
 from .registry import Entry
@@ -75,11 +76,16 @@ class SessionQueries:
         state = entry.state if entry is not None else record.state
         if state == "passivating":
             state = "passivated"
-        return {
+        try:
+            last: int | None = self.store.last_event_id(session_id)
+            damage = None
+        except StoreError as exc:  # one damaged journal must not hide every other session
+            last, damage = None, str(exc)
+        info = {
             "session_id": session_id,
             "state": state,
             "connections": len(entry.conns) if entry is not None else 0,
-            "last_event_id": self.store.last_event_id(session_id),
+            "last_event_id": last,
             "owner": record.owner,
             "owner_login": record.owner_login,
             "created_at": record.created_at,
@@ -88,6 +94,9 @@ class SessionQueries:
             "pid": entry.pid if entry is not None and entry.state == "live" else None,
             "node": self._node_of(session_id),
         }
+        if damage is not None:
+            info["store_error"] = damage
+        return info
 
     def _node_of(self, session_id: str) -> str:
         """The node holding the session: a live lease's in a shared store, else this one."""

@@ -19,7 +19,6 @@ import os
 import time
 import traceback
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any
 
 from thespian.actors import (  # type: ignore[import-untyped]
@@ -39,6 +38,7 @@ from ..messages import (
     Action,
     Activate,
     Activated,
+    ActivationFailed,
     Attach,
     Attached,
     AttachFailed,
@@ -52,6 +52,7 @@ from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_up
 from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observation
 from ..store import Store, open_store
 from .agentstate import AgentStates
+from .eventlog import EventLog
 from .passivation import NOT_RUN, SessionTimers
 from .watchdog import SessionPing, SessionPong
 from .workspace import WorkspaceFiles
@@ -64,11 +65,7 @@ REPLAY_PAGE = 1000
 RESTARTED_WHY = "Session restarted after a failure"
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: ignore[misc]
+class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):  # type: ignore[misc]
     """One live session: numbers, stores and fans out its events; drives its runtime."""
 
     def __init__(self) -> None:
@@ -120,7 +117,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             self._bridge_path = msg.bridge_path
             self._frames_to = msg.frames_to
             # While pooled, so that an activation does not pay for it.
-            self.store = self.store or open_store(self.cfg.data_dir, **self.cfg.store_options)
+            self.store = self.store or self._open_store()
         elif isinstance(msg, SessionPing):  # the supervisor's watchdog (watchdog.py)
             self.send(sender, SessionPong(self.session_id or "", self.incarnation, msg.seq))
         elif self.state == "passivated" and isinstance(msg, (Attach, Action, FileRequest)):
@@ -130,7 +127,12 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
             # back to the supervisor, never into this session.
             self.send(self.supervisor, Bounced(msg.session_id, msg))
         elif isinstance(msg, Activate):
-            self._activate(msg)
+            try:
+                self._activate(msg)
+            except StoreError as exc:  # its log cannot be read: a retry cannot help; say why
+                log.error("cannot activate: %s", exc, extra={"session_id": msg.session_id})
+                self.send(self.supervisor, ActivationFailed(msg.session_id, msg.incarnation, str(exc)))
+                return None
             for then in msg.then:
                 self._handle_then(then)
         elif isinstance(msg, Attach):
@@ -176,6 +178,10 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         return ThespianWatch(fds) if fds else None
 
     # -- activation -----------------------------------------------------------
+    def _open_store(self) -> Store:
+        assert self.cfg is not None
+        return open_store(self.cfg.data_dir, **self.cfg.store_options)
+
     def _activate(self, msg: Activate) -> None:
         assert self.cfg is not None, "Configure must precede Activate"
         # A recycled actor (back in the pool after passivating) starts from a clean slate;
@@ -193,7 +199,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self.incarnation = msg.incarnation
         self.created = msg.created
         if self.store is None:
-            self.store = open_store(self.cfg.data_dir, **self.cfg.store_options)
+            self.store = self._open_store()
         record = self.store.get_session(msg.session_id)
         if record is None:
             raise SessionActorsError(f"no record for session {msg.session_id}")
@@ -342,10 +348,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         try:
             (event,) = self._emit([action_event_fields(action)])
         except StoreError as exc:  # nothing was stored or sent: the sender must know
-            log.error(
-                "could not store an action: %s", exc, extra={"session_id": self.session_id, "conn_id": conn}
-            )
-            self._send_to([conn], [error_frame("The action could not be stored; try again", 503)])
+            self._refused([conn], exc, f"an action from {conn}")
             return
         self._note_action(event)
         self.samples["actions"].append([action["action"], round(time.perf_counter() - started, 6)])
@@ -377,12 +380,12 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
                 batch.append(out.fields)
                 continue
             if batch:
-                self._emit(batch)
+                self._emit_outputs(batch)
                 batch = []
             payload = {"status_update": True, "type": out.type, "id": out.id, "message": out.message}
             self._send_to(list(self.conns) + [c for c in extra or [] if c not in self.conns], [payload])
         if batch:
-            self._emit(batch)
+            self._emit_outputs(batch)
         self._after_runtime_progress()
 
     def _after_runtime_progress(self) -> None:
@@ -398,35 +401,6 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, Actor):  # type: 
         self._agent_progress()
         if self.passivate_when_idle and not self.runtime.busy and not self.queue and not self.conns:
             self._passivate()
-
-    def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Number, store (durably) and then send events to every connection."""
-        assert self.store is not None and self.session_id is not None
-        fields_list = self._shape(fields_list)
-        stamp = _now_iso()
-        events = []
-        for i, fields in enumerate(fields_list):
-            event = {"id": self.next_id + i, "timestamp": stamp}
-            event.update(fields)
-            events.append(event)
-        started = time.perf_counter()
-        self._append(events)
-        self.samples["append"].append(round(time.perf_counter() - started, 6))
-        self.samples["stored"] += len(events)
-        self.next_id += len(events)
-        if self.conns:
-            self._send_to(list(self.conns), events)
-        return events
-
-    def _send_to(self, conns: list[str], payloads: list[dict[str, Any]]) -> None:
-        if conns and payloads:
-            self.outbox_send({"t": "emit", "to": conns, "events": payloads})
-
-    def outbox_send(self, frame: dict[str, Any]) -> None:
-        if self.outbox is not None and not self.outbox.send(frame):
-            log.warning(
-                "session %s: gateway unreachable, frame dropped (events stay stored)", self.session_id
-            )
 
     # -- bridge and timers --------------------------------------------------------
     def _on_watch(self, ready: list[int]) -> None:

@@ -40,6 +40,7 @@ from ..messages import (
     Action,
     Activate,
     Activated,
+    ActivationFailed,
     Attach,
     Attached,
     AttachFailed,
@@ -153,6 +154,8 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
             self._on_shutdown(sender)
         elif isinstance(msg, SessionFailed):
             self._on_session_failed(msg)
+        elif isinstance(msg, ActivationFailed):
+            self._on_activation_failed(msg)
         elif isinstance(msg, GatewayStopping):
             self.gateway_stopping = True
             self.send(sender, msg)
@@ -190,7 +193,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
         self.configure_msg = msg
         self.store = open_store(self.cfg.data_dir, **self.cfg.store_options)
         load_runtime(self.cfg.runtime)  # cached before the session actors are forked from us
-        reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
+        reconciled = self.store.reconcile_live_sessions()
         if reconciled:
             log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
         if msg.bridge_path:
@@ -408,18 +411,33 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
         if conn is not None and isinstance(original, (Attach, Action)):
             self._answer(conn, [error_frame("Internal error while handling the request", 500)])
         elif isinstance(original, Activate):
-            self._activation_failed(original, str(getattr(msg, "details", "")))
+            details = str(getattr(msg, "details", ""))
+            if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
+                self._activation_failed(
+                    original.session_id,
+                    original.incarnation,
+                    "This session is live on another node; try again later",
+                )
+            else:
+                self._activation_failed(original.session_id, original.incarnation)
 
-    def _activation_failed(self, activate: Activate, details: str = "") -> None:
+    def _on_activation_failed(self, msg: ActivationFailed) -> None:
+        """The session's stored events cannot be read: its connections are told why."""
+        self._activation_failed(msg.session_id, msg.incarnation, msg.why, 500)
+
+    def _activation_failed(
+        self,
+        session_id: str,
+        incarnation: int,
+        why: str = "The session could not be started; try again later",
+        code: int = 503,
+    ) -> None:
         """The session actor could not activate: answer every connection waiting on it, and
         end that actor (the session is passivated; the next INIT tries again)."""
-        entry = self.sessions.get(activate.session_id)
-        if entry is None or entry.incarnation != activate.incarnation or entry.state != "live":
+        entry = self.sessions.get(session_id)
+        if entry is None or entry.incarnation != incarnation or entry.state != "live":
             return
-        why = "The session could not be started; try again later"
-        if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
-            why = "This session is live on another node; try again later"
-        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
+        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, code)])
         entry.state = "passivating"
         self.send(entry.address, ActorExitRequest())
 

@@ -11,10 +11,11 @@ implement the same ``Store`` class in a module of its own beside it.
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SessionRecord", "Store", "SESSION_STATES"]
+__all__ = ["SessionRecord", "Store", "SESSION_STATES", "event_json", "event_size"]
 
 SESSION_STATES = ("live", "passivated", "failed")
 
@@ -37,8 +38,23 @@ class SessionRecord:
     """Bumped to revoke every token issued for this session."""
 
 
+def event_json(event: dict[str, Any]) -> str:
+    """An event as every backend stores it: compact, strict (no NaN) JSON, what a
+    JSON client can parse. It never contains a raw newline."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_size(event: dict[str, Any]) -> int:
+    """The bytes one event counts against a session's quota (its UTF-8 ``event_json``)."""
+    return len(event_json(event).encode())
+
+
 class Store(abc.ABC):
     """Durable events and session records (see the module docstring)."""
+
+    quota_bytes: int | None = None
+    """Per-session cap on the ``event_size`` sum of a session's stored events (None: no
+    cap); a backend's constructor sets it from its ``quota_bytes`` keyword."""
 
     # -- events ------------------------------------------------------------
     @abc.abstractmethod
@@ -46,7 +62,11 @@ class Store(abc.ABC):
         """Append events (each carrying its ``id``) atomically and durably.
 
         The first id must be ``last_event_id(session_id) + 1`` and the ids
-        consecutive; otherwise raise ``EventIdConflict`` and store nothing.
+        consecutive; otherwise raise ``EventIdConflict`` and store nothing. With
+        ``quota_bytes`` set, raise ``QuotaExceeded`` and store nothing when
+        ``event_bytes(session_id)`` plus the new events' sizes would pass it.
+        ``StoreCorrupt`` (here, in ``read`` and ``last_event_id``) names a damaged
+        log of this one session; other sessions are unaffected.
         """
 
     @abc.abstractmethod
@@ -56,6 +76,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def last_event_id(self, session_id: str) -> int:
         """The highest stored id, or -1 when the session has no event."""
+
+    def event_bytes(self, session_id: str) -> int:
+        """Bytes of the session's stored events as the quota counts them (``event_size``).
+
+        Backends should answer from what they keep (this default reads every event)."""
+        return sum(event_size(e) for e in self.read(session_id))
 
     # -- session records ---------------------------------------------------
     def create_session(self, record: SessionRecord) -> None:
@@ -85,6 +111,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_session(self, session_id: str) -> bool:
         """Remove the record and its events; True when something was removed."""
+
+    def reconcile_live_sessions(self) -> list[str]:
+        """At daemon start-up no session actor survived: every 'live' record becomes
+        'passivated' (it rehydrates on the next INIT). Returns their ids.
+
+        Backends should do it in one transaction (this default is one per record)."""
+        ids = [r.session_id for r in self.list_sessions("live")]
+        for session_id in ids:
+            self.update_session(session_id, state="passivated")
+        return ids
 
     @abc.abstractmethod
     def close(self) -> None:

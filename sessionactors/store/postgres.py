@@ -36,7 +36,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import EventIdConflict, LeaseLost, SchemaMismatch, StoreCorrupt, StoreError
+from ..errors import EventIdConflict, LeaseLost, QuotaExceeded, SchemaMismatch, StoreCorrupt, StoreError
 from . import leases as L
 from .base import SESSION_STATES, SessionRecord, Store
 from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, SCHEMA_VERSION
@@ -81,11 +81,18 @@ class PostgresStore(Store):
         node: str,
         lease_ttl: float = L.DEFAULT_LEASE_TTL,
         lease_renew: float = L.DEFAULT_LEASE_RENEW,
+        quota_bytes: int | None = None,
     ) -> None:
         if psycopg is None:
             raise StoreError("store_url needs psycopg 3: pip install 'sessionactors[postgres]'")
         if not 0 < lease_renew < lease_ttl:
             raise ValueError(f"need 0 < lease_renew < lease_ttl, got {lease_renew} and {lease_ttl}")
+        if quota_bytes is not None and (isinstance(quota_bytes, bool) or quota_bytes < 1):
+            raise ValueError(f"quota_bytes must be a positive integer or None, not {quota_bytes!r}")
+        self.quota_bytes = quota_bytes
+        # Bytes stored per session, counted once and then kept: the lease makes this handle
+        # the session's only writer, so the count cannot move behind its back.
+        self._used: dict[str, int] = {}
         self.url = url
         self.where = redact_url(url)
         self.node = node
@@ -177,6 +184,13 @@ class PostgresStore(Store):
             ids.append(eid)
             bodies.append(_dumps(event))
         epoch = self.leases.epoch(session_id)  # raises LeaseLost once fenced
+        adding = sum(len(body.encode()) for body in bodies)
+        used = self._used.get(session_id)
+        if self.quota_bytes is not None:
+            if used is None:
+                used = self.event_bytes(session_id)
+            if used + adding > self.quota_bytes:
+                raise QuotaExceeded(session_id, used, adding, self.quota_bytes)
         try:
             row = (
                 self._conn()
@@ -196,6 +210,8 @@ class PostgresStore(Store):
             if state == "SAL01":
                 raise LeaseLost(message) from None
             raise self._wrap(exc, "appending events") from exc
+        if used is not None:
+            self._used[session_id] = used + adding
         if epoch is None:
             self.leases.hold(session_id, int(row[0]))
             self._start_keeper()
@@ -229,6 +245,7 @@ class PostgresStore(Store):
         Forgets a lease this handle lost before (the copy that lost it has stopped).
         LeaseLost when another node holds it live."""
         self.leases.forget(session_id)
+        self._used.pop(session_id, None)  # counted again: another node may have written since
         params = {"s": session_id, "n": self.node, "ttl": self.lease_ttl}
         rows = self._run("taking a session lease", L.ACQUIRE_SQL, params)
         if not rows:

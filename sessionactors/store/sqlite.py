@@ -1,50 +1,37 @@
-"""The embedded durable store: SQLite files in WAL mode under the data directory.
+"""The embedded durable store: a registry file and one journal per session.
 
-Why the event log is sharded: every session actor is its own process and
-appends its events durably, and SQLite has one write lock per file. With every
-event in one file, 100+ busy sessions each spent 89-95% of their wall time
-waiting at ``BEGIN IMMEDIATE``, commits capped at 400-710/s, and at 500
-sessions appends failed with "database is locked" after the 10 s busy timeout
-(a standalone test: 30 writers on one file reached 2,120 commits/s, 91%
-waiting; with one file each, 5,195 commits/s, 1% waiting). So the events are
-spread over ``shards`` files (16 by default) by a stable hash of the session
-id, and sessions rarely share a write lock; the session records, written far
-less often, stay in the main file.
+Why a journal per session (schema 4): every session actor is its own process and appends
+its events durably. In shared SQLite files (one, then 16 shards: schema 3) the writers
+queued for each file's one write lock: at 500 sessions x 2 events/s the round trip reached
+2 s at p50 (docs/benchmarks.md, run F), and an event took 1,255 bytes on disk. Now each
+session's events are an append-only file that only its own actor writes
+(``sessionactors.store.journal``: one ``write`` and one ``fdatasync`` per append, no
+shared lock), as in per-entity event sourcing; the session records, written far less
+often and by the supervisor, stay in the main file, the registry.
 
-Layout of ``<data_dir>/sessionactors.db`` (the main file):
+Layout of ``<data_dir>/sessionactors.db`` (the registry, SQLite in WAL mode):
 
 * ``meta(key, value)``: ``app`` = ``'sessionactors'`` (tells our file from a
-  foreign database), ``schema_version`` and ``shards``, the number of event
-  shards, fixed when the store is created (a different constructor argument
-  on a later open is ignored, so an existing store is never scattered).
+  foreign database), ``schema_version``, ``shards`` (the count the schema 3 layout
+  used, kept for its migration) and ``unmigrated_shards`` (see ``migrate``).
 * ``sessions``: one row per ``SessionRecord``; ``args`` and ``runtime_state``
   are JSON text.
 
-Writers of one file take turns in the kernel first: ``flock`` on ``<file>.lock``
-(``sqlite_shards.writer_turn``), then ``BEGIN IMMEDIATE``. SQLite's lock has no
-queue (a writer that finds it taken sleeps up to 100 ms and tries again), so under
-load some writers starved; a blocked ``flock`` wakes as soon as the lock is free.
+Writers of the registry take turns in the kernel first: ``flock`` on ``<file>.lock``
+(``sqlite_shards.writer_turn``), then ``BEGIN IMMEDIATE``.
 
-and of ``<data_dir>/events/shard-<k>.db`` (``sessionactors.sqlite_shards``):
+Migrations: a fresh file runs the SQL steps to version 2; 2 -> 3 moves the events of
+the main file into shards in batches (resumable: rows already copied are rewritten with
+``INSERT OR REPLACE``); 3 -> 4 moves the shards into journals (``migrate``, resumable).
+All of it runs under one ``flock`` (``migrate.migration_lock``), so that no process of
+this version uses a half-migrated store.
 
-* ``meta``: ``app`` and ``schema_version``, as in the main file.
-* ``events(session_id, id, body)``: the clustered primary key makes a replay
-  one ordered range scan; ``body`` is the event's compact JSON, returned as is.
-
-Schema version 3 introduced the shards. Opening a version 2 file moves its
-events into their shards in batches (each batch committed in the shards, then
-deleted from the main file under the main write lock) and then drops the main
-``events`` table; an interrupted move resumes on the next open (rows already
-copied are rewritten with ``INSERT OR REPLACE``). The main file's write lock
-is held per batch, and the version only becomes 3 once the table is gone, so
-no process of this version uses the shards before the move is complete.
-
-Fork and threads: every process opens its own ``SQLiteStore``. A connection
-must never be used on both sides of a fork; if it happens by accident, the
-store notices the pid change and opens fresh connections in the child (the
-inherited ones are left untouched, never closed, so that the child cannot
-disturb the parent's locks or WAL). A store is used from the thread (or the
-eventlet hub thread) that opened it.
+Fork and threads: every process opens its own ``SQLiteStore``. A connection or
+descriptor must never be used on both sides of a fork; if it happens by accident, the
+store notices the pid change and opens fresh ones in the child (inherited SQLite
+connections are left untouched, never closed, so that the child cannot disturb the
+parent's locks or WAL). A store is used from the thread (or the eventlet hub thread)
+that opened it.
 """
 
 from __future__ import annotations
@@ -52,21 +39,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import EventIdConflict, StoreCorrupt, StoreError
+from . import migrate
 from . import sqlite_shards as shards_mod
-from .base import SESSION_STATES, SessionRecord, Store
+from .base import SESSION_STATES, SessionRecord, Store, event_json
+from .journal import Journal, journal_path
 from .sqlite_shards import APP_MARKER, EVENTS_DDL, FSYNC_MODES, SHARD_DIR, Shard, shard_index
 
 __all__ = ["DB_NAME", "DEFAULT_SHARDS", "SCHEMA_VERSION", "SQLiteStore"]
 
 DB_NAME = "sessionactors.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_SHARDS = 16
+"""Shards of the schema 3 layout (only a version 2 file migrating through it uses them)."""
+OPEN_JOURNALS = 64
+"""Journals a process keeps open (the gateway and the supervisor read many sessions)."""
 MOVE_BATCH = 5000
 """Events moved per transaction by the version 2 -> 3 migration."""
 
@@ -95,16 +89,14 @@ _MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX sessions_state_created ON sessions (state, created_at)",
     ),
 ]
-assert len(_MIGRATIONS) + 1 == SCHEMA_VERSION
+assert len(_MIGRATIONS) + 2 == SCHEMA_VERSION
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
 _JSON_FIELDS = frozenset({"args", "runtime_state"})
 _SELECT_SESSION = f"SELECT {', '.join(_FIELDS)} FROM sessions"
 
 
-def _dumps(value: Any) -> str:
-    # Compact and strict (no NaN): what we store is what a JSON client can parse.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_dumps = event_json  # compact and strict (no NaN): what a JSON client can parse
 
 
 class SQLiteStore(Store):
@@ -122,17 +114,29 @@ class SQLiteStore(Store):
     keeps the number recorded when it was created (see the module docstring).
     """
 
-    def __init__(self, data_dir: Path, *, fsync: str = "full", shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: str = "full",
+        shards: int = DEFAULT_SHARDS,
+        quota_bytes: int | None = None,
+    ) -> None:
         if fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {sorted(FSYNC_MODES)}, not {fsync!r}")
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"shards must be a positive integer, not {shards!r}")
+        if quota_bytes is not None and (isinstance(quota_bytes, bool) or quota_bytes < 1):
+            raise ValueError(f"quota_bytes must be a positive integer or None, not {quota_bytes!r}")
+        self.quota_bytes = quota_bytes
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.fsync = fsync
         self.shards = shards
         """The number of event shards: the recorded one once the main file is open."""
         self._shards: dict[int, Shard] = {}
+        self._journals: OrderedDict[str, Journal] = OrderedDict()
+        self._unmigrated: set[int] = set()
         self._main = shards_mod.ProcessConnection(self._open)
         self._closed = False
         try:
@@ -148,10 +152,12 @@ class SQLiteStore(Store):
         db = shards_mod.connect(self.path)
         try:
             # Check before anything that writes (journal_mode=WAL rewrites the header).
-            if self._version(db) < SCHEMA_VERSION:
-                self._migrate(db)
+            if self._version(db) < SCHEMA_VERSION or migrate.unmigrated(db):
+                with migrate.migration_lock(self.path):
+                    self._migrate(db)
             shards_mod.finish_open(db, self.path, self.fsync)
             self.shards = self._recorded_shards(db)
+            self._unmigrated = migrate.unmigrated(db)
         except BaseException as exc:
             db.close()
             if isinstance(exc, sqlite3.Error):
@@ -175,8 +181,11 @@ class SQLiteStore(Store):
         return count
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        """Run the missing SQL steps in one transaction (all or nothing), then move
-        the events into their shards (version 2 -> 3, resumable: see module doc)."""
+        """Run the missing SQL steps in one transaction (all or nothing), move the
+        events into their shards (version 2 -> 3), then the shards into journals
+        (3 -> 4); resumable (see the module doc). The migration lock is held."""
+        if self._version(db) >= SCHEMA_VERSION and not migrate.unmigrated(db):
+            return  # another process finished it while we waited for the lock
         db.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.
@@ -196,6 +205,10 @@ class SQLiteStore(Store):
             raise
         while not self._move_events(db):
             pass
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+        migrate.shards_to_journals(self.path, db, durable=self.fsync == "full")
 
     def _move_events(self, db: sqlite3.Connection) -> bool:
         """One batch of the 2 -> 3 migration under the main write lock; True when done.
@@ -205,7 +218,7 @@ class SQLiteStore(Store):
         main commit leaves the rows in both files: the next run rewrites them."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            if self._version(db) >= SCHEMA_VERSION:  # another process finished it
+            if self._version(db) >= SCHEMA_VERSION - 1:  # already in shards
                 db.execute("COMMIT")
                 return True
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('shards', ?)", (str(self.shards),))
@@ -214,7 +227,9 @@ class SQLiteStore(Store):
             rows = db.execute(sql, (MOVE_BATCH,)).fetchall()
             if not rows:
                 db.execute("DROP TABLE events")
-                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),)
+                )
                 db.execute("COMMIT")
                 return True
             by_shard: dict[int, list[tuple[str, int, str]]] = {}
@@ -246,11 +261,28 @@ class SQLiteStore(Store):
             shard = self._shards[k] = Shard(path, self.fsync)
         return shard
 
-    def _shard(self, session_id: str) -> Shard:
-        """The shard holding the events of ``session_id`` (opened on first use)."""
+    def _journal(self, session_id: str) -> Journal:
+        """This process's handle on the journal of ``session_id`` (least recently used
+        ones are closed beyond ``OPEN_JOURNALS``)."""
         if self._closed:
             raise StoreError(f"the store at {self.path} is closed")
-        return self._shard_at(shard_index(session_id, self.shards))
+        journal = self._journals.get(session_id)
+        if journal is not None:
+            self._journals.move_to_end(session_id)
+            return journal
+        if self._unmigrated and shard_index(session_id, self.shards) in self._unmigrated:
+            if not journal_path(self.data_dir, session_id).exists():
+                shard = self.data_dir / SHARD_DIR / f"shard-{shard_index(session_id, self.shards)}.db"
+                raise StoreCorrupt(
+                    f"the events of session {session_id} are in {shard}, which could not be "
+                    "read to migrate it (see the daemon log); repair or restore that file"
+                )
+        journal = self._journals[session_id] = Journal(
+            self.data_dir, session_id, durable=self.fsync == "full"
+        )
+        while len(self._journals) > OPEN_JOURNALS:
+            self._journals.popitem(last=False)[1].close()
+        return journal
 
     def _wrap(self, exc: sqlite3.Error, doing: str) -> StoreError:
         return shards_mod.wrap(exc, self.path, doing)
@@ -270,44 +302,34 @@ class SQLiteStore(Store):
 
     # -- events ------------------------------------------------------------
     def append(self, session_id: str, events: list[dict[str, Any]]) -> None:
-        """Store ``events`` in one transaction, or nothing (see ``Store.append``)."""
+        """Store ``events`` durably in the session's journal, or nothing (``Store.append``)."""
         if not events:
             return
-        rows = []
+        lines = []
+        expected = None
         for event in events:
             eid = event.get("id") if isinstance(event, dict) else None
             if not isinstance(eid, int) or isinstance(eid, bool):
                 raise TypeError(f"every event must be a dict with an integer id, got {event!r:.200}")
-            rows.append((session_id, eid, _dumps(event)))  # serialise before taking the lock
-        with self._shard(session_id).tx("appending events") as db:
-            last = db.execute("SELECT max(id) FROM events WHERE session_id = ?", (session_id,)).fetchone()[0]
-            expected = -1 if last is None else last
-            for _, eid, _ in rows:
-                expected += 1
-                if eid != expected:
-                    raise EventIdConflict(
-                        f"session {session_id}: event id {eid} where {expected} was expected "
-                        f"(last stored id {-1 if last is None else last})"
-                    )
-            db.executemany("INSERT INTO events (session_id, id, body) VALUES (?, ?, ?)", rows)
+            if expected is not None and eid != expected:
+                raise EventIdConflict(f"session {session_id}: event id {eid} where {expected} was expected")
+            expected = eid + 1
+            lines.append(_dumps(event).encode())  # serialise before taking the lock
+        self._journal(session_id).append(lines, events[0]["id"], self.quota_bytes)
 
     def read(self, session_id: str, start_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Events with ``id >= start_id`` ascending, at most ``limit``, in one range query."""
+        """Events with ``id >= start_id`` ascending, at most ``limit``: one read, one parse."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, not {limit}")
-        rows = self._shard(session_id).query(
-            "reading events",
-            "SELECT body FROM events WHERE session_id = ? AND id >= ? ORDER BY id LIMIT ?",
-            (session_id, max(start_id, 0), -1 if limit is None else limit),
-        )
-        # One json.loads over the joined bodies is cheaper than one call per event.
-        return json.loads("[" + ",".join(r[0] for r in rows) + "]")
+        return self._journal(session_id).read(max(start_id, 0), limit)
 
     def last_event_id(self, session_id: str) -> int:
         """The highest stored id of the session, -1 when it has none."""
-        sql = "SELECT max(id) FROM events WHERE session_id = ?"
-        (last,) = self._shard(session_id).query("reading the last event id", sql, (session_id,))[0]
-        return -1 if last is None else int(last)
+        return self._journal(session_id).last_event_id()
+
+    def event_bytes(self, session_id: str) -> int:
+        """Bytes of the session's stored events (``Store.event_bytes``), from the journal's size."""
+        return self._journal(session_id).event_bytes()
 
     # -- session records ---------------------------------------------------
     @staticmethod
@@ -369,11 +391,19 @@ class SQLiteStore(Store):
         return int(self._query("counting sessions", f"SELECT count(*) FROM sessions {where}", params)[0][0])
 
     def delete_session(self, session_id: str) -> bool:
-        """Remove the events of the session (in its shard), then its record (in the
-        main file): two transactions. A crash in between leaves a record without
-        events, never events without a record; deleting again finishes the job."""
-        with self._shard(session_id).tx("deleting a session's events") as sdb:
-            events = sdb.execute("DELETE FROM events WHERE session_id = ?", (session_id,)).rowcount
+        """Remove the journal of the session, then its record (in the main file). A
+        crash in between leaves a record without events, never events without a
+        record; deleting again finishes the job."""
+        journal = self._journals.pop(session_id, None)
+        if journal is not None:
+            journal.close()
+        try:
+            os.unlink(journal_path(self.data_dir, session_id))
+            events = 1
+        except FileNotFoundError:
+            events = 0
+        except OSError as exc:
+            raise StoreError(f"cannot delete the journal of session {session_id}: {exc}") from exc
         with self._tx("deleting a session") as db:
             records = db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount
         return events + records > 0
@@ -382,9 +412,8 @@ class SQLiteStore(Store):
         """At daemon start-up: no session actor survived, so every 'live' record
         becomes 'passivated' (it rehydrates on the next INIT). Returns their ids.
 
-        Events without a record are not swept here: ``delete_session`` never
-        leaves them behind, ``append`` before ``create_session`` is allowed, and
-        finding them would scan every shard at each start-up."""
+        Journals without a record are not swept here: ``delete_session`` never
+        leaves them behind and ``append`` before ``create_session`` is allowed."""
         with self._tx("reconciling live sessions") as db:
             sql = "SELECT session_id FROM sessions WHERE state = 'live' ORDER BY created_at"
             ids = [r[0] for r in db.execute(sql)]
@@ -396,4 +425,7 @@ class SQLiteStore(Store):
         self._closed = True
         for shard in self._shards.values():
             shard.close()
+        for journal in self._journals.values():
+            journal.close()
+        self._journals.clear()
         self._main.close()
