@@ -44,10 +44,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from ..errors import RuntimeStartError
+from . import _procs
 
 __all__ = ["RLIMIT_OPTIONS", "OutputReader", "ShellProcess", "rlimits_from_options"]
 
@@ -287,7 +287,7 @@ class ShellProcess:
 
     def children(self) -> set[int]:
         """Pids of the shell's direct children (a cheap snapshot taken before each command)."""
-        return set(_children(self.pid))
+        return set(_procs.children(self.pid))
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the shell's process group (the shell and its foreground command)."""
@@ -296,9 +296,9 @@ class ShellProcess:
 
     def kill_new(self, before: set[int]) -> int:
         """SIGKILL the process trees of children started since ``before``; return how many."""
-        roots = [pid for pid in _children(self.pid) if pid not in before]
-        victims = _descendants(roots)
-        _signal_all(victims, signal.SIGKILL)
+        roots = [pid for pid in _procs.children(self.pid) if pid not in before]
+        victims = _procs.descendants(roots)
+        _procs.signal_all(victims, signal.SIGKILL)
         return len(victims)
 
     def close(self, grace: float = 0.5) -> None:
@@ -307,20 +307,20 @@ class ShellProcess:
             return
         self._closed = True
         victims = self._everything()
-        _signal_all(victims - {self.pid}, signal.SIGTERM)
+        _procs.signal_all(victims - {self.pid}, signal.SIGTERM)
         if self.proc.returncode is None:  # once reaped, its pid may belong to someone else
             # An interactive bash ignores SIGTERM; SIGHUP makes it exit (and hang up its jobs).
-            _signal_all({self.pid}, signal.SIGHUP)
+            _procs.signal_all({self.pid}, signal.SIGHUP)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
-        victims = {pid for pid in victims | self._everything() if _exists(pid)}
-        _signal_all(victims, signal.SIGKILL)
+        victims = {pid for pid in victims | self._everything() if _procs.exists(pid)}
+        _procs.signal_all(victims, signal.SIGKILL)
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)  # also whatever forked since the scan
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2)  # SIGKILLed: bounded and short
-        _wait_gone(victims, 1.0)
+        _procs.wait_gone(victims, 1.0)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         for fh in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
@@ -334,7 +334,7 @@ class ShellProcess:
         """Every live process this shell started: its session, its group, their
         descendants, and anything carrying its environment tag (setsid'd daemons)."""
         tag = f"{_TAG_VAR}={self.tag}".encode()
-        stats = _all_stats()
+        stats = _procs.all_stats()
         # The kernel does not reuse a pid while it names a live group or session, so
         # matching on them is safe even after bash itself was reaped; bash's own pid is not.
         found = {pid for pid, (_ppid, pgrp, sid) in stats.items() if self.pid in (pgrp, sid)}
@@ -366,65 +366,3 @@ def _prefix_overlap(data: bytearray, marker: bytes) -> int:
         if data.endswith(marker[:k]):
             return k
     return 0
-
-
-# -- /proc helpers (Linux) -------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, int, int, str] | None:
-    """(ppid, pgrp, session, state) of a process, None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()  # the command name may contain spaces and ')'
-    return int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()
-
-
-def _all_stats() -> dict[int, tuple[int, int, int]]:
-    stats = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _stat(int(name))
-            if st is not None and st[3] != "Z":
-                stats[int(name)] = st[:3]
-    return stats
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:  # kernel without CONFIG_PROC_CHILDREN: scan
-        return [p for p, (ppid, _g, _s) in _all_stats().items() if ppid == pid]
-
-
-def _descendants(roots: Iterable[int]) -> set[int]:
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(_children(pid))
-    return found
-
-
-def _exists(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[3] != "Z"  # a zombie is dead, only not yet reaped by its parent
-
-
-def _signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: set[int], timeout: float) -> None:
-    # Killed processes that are not our children vanish asynchronously; wait (bounded)
-    # so that "stop() returned" means "nothing of the session runs".
-    end = time.monotonic() + timeout
-    while any(_exists(pid) for pid in pids) and time.monotonic() < end:
-        time.sleep(0.01)
