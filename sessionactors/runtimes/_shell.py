@@ -48,6 +48,7 @@ from typing import Any
 
 from ..errors import RuntimeStartError
 from . import _procs
+from .sandbox import INSIDE_CTL, Sandbox
 
 __all__ = ["RLIMIT_OPTIONS", "OutputReader", "ShellProcess", "rlimits_from_options"]
 
@@ -164,29 +165,49 @@ class ShellProcess:
         env: dict[str, str],
         rlimits: list[tuple[int, int]],
         start_timeout: float = 5.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        """Start bash in ``cwd`` and wait (bounded) until it has run its init line."""
+        """Start bash in ``cwd`` and wait (bounded) until it has run its init line.
+
+        With a ``sandbox``, ``cwd`` is relative to the workspace and bash runs inside it:
+        ``proc`` is then bwrap (its exit status is bash's) and ``pid`` bash as the host sees it.
+        """
         self.tag = secrets.token_hex(8)
         env = {**env, _TAG_VAR: self.tag}  # finds setsid'd/orphaned descendants at kill time
+        self.sandbox = sandbox
         self._ctl_dir = tempfile.mkdtemp(prefix="sessionactors-shell-")
         self._cmd_file = os.path.join(self._ctl_dir, "command.sh")
+        self._cmd_seen = os.path.join(INSIDE_CTL, "command.sh") if sandbox else self._cmd_file
         self.pidfd = -1
         self._closed = False
+        argv = [shell, "--noprofile", "--norc", "--noediting", "-i", "+m"]
+        kwargs: dict[str, Any] = {"cwd": cwd}
         try:
+            if sandbox is not None:
+                argv, kwargs = sandbox.wrap(argv, cwd, self._ctl_dir)
+                kwargs["cwd"] = "/"
+            errors = open(self._errors, "wb") if sandbox else None
             self.proc = subprocess.Popen(
-                [shell, "--noprofile", "--norc", "--noediting", "-i", "+m"],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 # The shell's own stderr carries prompts, "exit", the newline after a Ctrl-C and
                 # traces of the marker line: noise. Commands get stdout as stderr (`2>&1` below).
-                stderr=subprocess.DEVNULL,
-                cwd=cwd,
+                # bwrap's own errors are kept (a file, until bash's init line drops the rest).
+                stderr=subprocess.DEVNULL if errors is None else errors,
                 env=env,
                 start_new_session=True,  # own session and group: killpg reaches everything it starts
                 bufsize=0,
+                **kwargs,
             )
-        except (OSError, ValueError) as exc:  # ValueError: an environment value with a NUL
+            if errors is not None:
+                errors.close()
+        except (OSError, ValueError, RuntimeStartError) as exc:  # ValueError: a NUL in the env
+            if sandbox is not None:
+                sandbox.abort()
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
+            if isinstance(exc, RuntimeStartError):
+                raise
             raise RuntimeStartError(
                 f"cannot start shell {shell!r}: {getattr(exc, 'strerror', None) or exc}"
             ) from None
@@ -197,25 +218,48 @@ class ShellProcess:
         # prlimit after the fact instead of preexec_fn (unsafe in threaded processes): bash runs
         # nothing of the user's before the init line below, so every command inherits the limits.
         try:
-            for res, value in rlimits:
-                _soft, hard = resource.prlimit(self.pid, res)
-                value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-                resource.prlimit(self.pid, res, (value, value))
             with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3
-                self.pidfd = os.pidfd_open(self.pid)
+                self.pidfd = os.pidfd_open(self.proc.pid)
+            if sandbox is not None:
+                sandbox.started(self.proc, start_timeout)
+            else:
+                self._limit(rlimits)
             nonce = secrets.token_hex(8)
             # The trap removes the command file's directory when bash exits on its own: at EOF
             # on stdin, which is what it sees when its session actor was killed (no close()).
-            init = (
-                "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history; "
-                f"trap {shlex.quote('rm -rf -- ' + shlex.quote(self._ctl_dir))} EXIT\n"
-            )
+            # In a sandbox that directory is read-only and bash's stderr has served its purpose.
+            init = "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history; "
+            if sandbox is None:
+                init += f"trap {shlex.quote('rm -rf -- ' + shlex.quote(self._ctl_dir))} EXIT\n"
+            else:  # the limits set by bash itself (prlimit from outside is refused, EPERM)
+                init += "exec 2>/dev/null; " + _ulimits(rlimits) + "\n"
             self._write(init.encode() + self._marker_line(nonce))
             self._wait_ready(OutputReader(nonce, None), start_timeout)
+            if sandbox is not None:
+                self.pid = sandbox.shell_pid()
         except (OSError, RuntimeStartError) as exc:
+            said = self._bwrap_errors()
             self.close(grace=0)
             why = str(exc) if isinstance(exc, RuntimeStartError) else f"cannot start shell {shell!r}: {exc}"
-            raise RuntimeStartError(why) from None
+            raise RuntimeStartError(f"{why}: {said}" if said else why) from None
+
+    def _limit(self, rlimits: list[tuple[int, int]]) -> None:
+        for res, value in rlimits:
+            _soft, hard = resource.prlimit(self.pid, res)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.prlimit(self.pid, res, (value, value))
+
+    @property
+    def _errors(self) -> str:
+        return os.path.join(self._ctl_dir, "stderr")
+
+    def _bwrap_errors(self) -> str:
+        """What bwrap printed when it failed (the sandbox only)."""
+        if self.sandbox is None:
+            return ""
+        with contextlib.suppress(OSError), open(self._errors, "rb") as fh:
+            return fh.read()[-500:].decode(errors="replace").strip()
+        return ""
 
     def _wait_ready(self, reader: OutputReader, timeout: float) -> None:
         # A bounded wait (bash is ready within milliseconds) so that a broken shell
@@ -251,7 +295,7 @@ class ShellProcess:
         nonce = secrets.token_hex(8)
         with open(self._cmd_file, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(command if command.endswith("\n") else command + "\n")
-        line = f". {shlex.quote(self._cmd_file)} </dev/null 2>&1\n".encode()
+        line = f". {shlex.quote(self._cmd_seen)} </dev/null 2>&1\n".encode()
         self._write(line + self._marker_line(nonce))
         return nonce
 
@@ -286,8 +330,10 @@ class ShellProcess:
         return None if rc is None else (128 - rc if rc < 0 else rc)
 
     def children(self) -> set[int]:
-        """Pids of the shell's direct children (a cheap snapshot taken before each command)."""
-        return set(_procs.children(self.pid))
+        """Pids of the shell's direct children, and in a sandbox the orphans its init adopted
+        (a cheap snapshot taken before each command)."""
+        kids = set(_procs.children(self.pid))
+        return kids | self.sandbox.orphans(self.pid) if self.sandbox is not None else kids
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the shell's process group (the shell and its foreground command)."""
@@ -296,7 +342,7 @@ class ShellProcess:
 
     def kill_new(self, before: set[int]) -> int:
         """SIGKILL the process trees of children started since ``before``; return how many."""
-        roots = [pid for pid in _procs.children(self.pid) if pid not in before]
+        roots = [pid for pid in self.children() if pid not in before]
         victims = _procs.descendants(roots)
         _procs.signal_all(victims, signal.SIGKILL)
         return len(victims)
@@ -320,6 +366,10 @@ class ShellProcess:
                 os.killpg(self.pid, signal.SIGKILL)  # also whatever forked since the scan
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2)  # SIGKILLed: bounded and short
+        if self.sandbox is not None:
+            self.sandbox.close()  # its init: the kernel kills whatever is left in the namespace
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
         _procs.wait_gone(victims, 1.0)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         for fh in (self.proc.stdin, self.proc.stdout):
@@ -358,6 +408,20 @@ class ShellProcess:
                     todo.append(child)
         found.discard(os.getpid())
         return found
+
+
+_ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_AS: ("v", 1024)}
+_ULIMIT_FLAGS.update({resource.RLIMIT_NPROC: ("u", 1), resource.RLIMIT_FSIZE: ("f", 1024)})
+
+
+def _ulimits(rlimits: list[tuple[int, int]]) -> str:
+    """``ulimit`` commands setting ``rlimits`` (soft and hard); a limit the shell cannot
+    raise stays at its lower hard value."""
+    parts = []
+    for res, value in rlimits:
+        flag, unit = _ULIMIT_FLAGS[res]
+        parts.append(f"ulimit -SH -{flag} {max(1, value // unit)} 2>/dev/null;")
+    return " ".join(parts)
 
 
 def _prefix_overlap(data: bytearray, marker: bytes) -> int:

@@ -22,9 +22,13 @@ command with an observation and a ``STATUS$RUNTIME_RESTARTED`` status; the
 next command starts a fresh shell in the last known directory.
 
 ``read``/``write`` are synchronous, relative to the workspace, and never leave
-it (symlinks included). This is not a security boundary: the shell runs with
-the daemon's uid, limited only by rlimits (see docs/runtimes.md for the
-options and the RLIMIT_NPROC caveat).
+it (symlinks included).
+
+The shell runs in a ``Sandbox`` (``sandbox.py``; docs/security.md, "Session sandbox"):
+its own namespaces, an unprivileged uid, the workspace at ``/workspace``, cgroup limits.
+A command that hits a limit ends with ``exit_code`` 137 and a ``[killed: ... limit ...]``
+line. ``local-unsandboxed`` is the explicit opt-out: the shell then runs with the
+daemon's uid, limited only by rlimits, and that is not a security boundary.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import stat
 import time
 from dataclasses import dataclass, field
@@ -41,10 +46,12 @@ from ..errors import ActionError, PathEscape, RuntimeStartError
 from ._files import open_beneath
 from ._shell import OutputReader, ShellProcess, rlimits_from_options
 from .base import Output, Runtime, RuntimeContext, Status, error_observation, observation
+from .sandbox import INSIDE_WORKSPACE, SANDBOX_PATH, Sandbox, SandboxSettings, preflight, workspace_usage
 
-__all__ = ["LocalRuntime"]
+__all__ = ["LocalRuntime", "LocalUnsandboxedRuntime"]
 
 _LIVENESS_INTERVAL = 1.0  # without a pidfd, how often a busy runtime checks that bash lives
+_LIMITS_INTERVAL = 0.5  # how often a running command's sandbox is checked for a limit hit
 
 
 @dataclass
@@ -102,12 +109,22 @@ class _Command:
     stage_at: float | None = None  # when to move to the next stage
     timed_out: bool = False
     interrupted: bool = False  # by change_agent_state (stopped/paused), not by its timeout
+    killed: str | None = None  # the sandbox limit that stopped it ("killed: memory limit ...")
+    check_at: float | None = None  # when to check the sandbox's limits next
 
 
 class LocalRuntime(Runtime):
     """A persistent bash per session; see the module docstring for the behaviour."""
 
     name = "local"
+    sandboxed = True
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[str]:
+        """Before the daemon starts: RuntimeStartError/ConfigError when sessions cannot be
+        sandboxed here (naming the package and the setting); warnings to log otherwise."""
+        _Options.parse(options)
+        return preflight(SandboxSettings.parse(options))
 
     def __init__(self, ctx: RuntimeContext) -> None:
         super().__init__(ctx)
@@ -121,6 +138,13 @@ class LocalRuntime(Runtime):
             self._opts = _Options.parse(ctx.options)
         except ValueError as exc:  # reported by start(), where a refusal has a wire answer (503)
             self._opts, self._option_error = _Options(), str(exc)
+        self._sandbox: SandboxSettings | None = None
+        if self.sandboxed:
+            try:
+                self._sandbox = SandboxSettings.parse(ctx.options)
+            except ValueError as exc:  # ConfigError is a ValueError
+                self._option_error = str(exc)
+        self._root_seen = INSIDE_WORKSPACE if self.sandboxed else self._workspace  # the shell's view
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -135,6 +159,13 @@ class LocalRuntime(Runtime):
         except OSError as exc:
             raise RuntimeStartError(f"cannot create the workspace: {exc}") from None
         self._workspace = os.path.realpath(self.ctx.workspace)
+        if not self.sandboxed:
+            self._root_seen = self._workspace
+        elif (sandbox := self._new_sandbox()) is not None:
+            try:
+                sandbox.own_workspace()
+            except OSError as exc:
+                raise RuntimeStartError(f"cannot give the workspace to the sandbox: {exc}") from None
         if self._shell is None or not self._shell.alive():
             self._spawn()
         return [Status("STATUS$RUNTIME_STARTED", f"Runtime started: {self._opts.shell} in the workspace")]
@@ -144,9 +175,10 @@ class LocalRuntime(Runtime):
         cwd = os.path.realpath(os.path.join(self._workspace, self._cwd))
         if not (self._inside(cwd) and os.path.isdir(cwd)):
             cwd = self._workspace
+        sandbox = self._new_sandbox()
         env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": self._workspace,
+            "PATH": SANDBOX_PATH if sandbox else os.environ.get("PATH", os.defpath),
+            "HOME": self._root_seen,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TERM": "dumb",
             "PAGER": "cat",
@@ -156,9 +188,30 @@ class LocalRuntime(Runtime):
         }
         # Only an allow-list of the daemon's environment: its secrets stay out of the sandbox.
         env.update({k: os.environ[k] for k in ("USER", "LOGNAME", "LC_ALL", "TZ") if k in os.environ})
+        if sandbox is not None:
+            env.update(USER="user", LOGNAME="user")
         env.update(self._opts.env)
-        self._shell = ShellProcess(self._opts.shell, cwd, env, self._opts.rlimits, self._opts.start_timeout)
-        self._cwd = os.path.relpath(cwd, self._workspace)
+        rel = os.path.relpath(cwd, self._workspace)
+        self._shell = ShellProcess(
+            self._opts.shell, rel if sandbox else cwd, env, self._rlimits(), self._opts.start_timeout, sandbox
+        )
+        self._cwd = rel
+
+    def _new_sandbox(self) -> Sandbox | None:
+        if self._sandbox is None:
+            return None
+        return Sandbox(self._sandbox, self.ctx.session_id, self._workspace)
+
+    def _rlimits(self) -> list[tuple[int, int]]:
+        """The rlimits; in a sandbox one file can never be larger than the workspace cap."""
+        cap = self._sandbox.workspace_limit_mb if self._sandbox else None
+        if not cap:
+            return self._opts.rlimits
+        fsize = [(r, v) for r, v in self._opts.rlimits if r == resource.RLIMIT_FSIZE]
+        limit = min([cap * 1024**2, *(v for _r, v in fsize)])
+        return [(r, v) for r, v in self._opts.rlimits if r != resource.RLIMIT_FSIZE] + [
+            (resource.RLIMIT_FSIZE, limit)
+        ]
 
     def state(self) -> dict[str, Any]:
         return {"cwd": self._cwd}
@@ -234,6 +287,7 @@ class LocalRuntime(Runtime):
             before=before,
             last_flush=now,
             stage_at=now + timeout if timeout else None,
+            check_at=now + _LIMITS_INTERVAL if self._sandbox else None,
         )
         return out
 
@@ -246,7 +300,7 @@ class LocalRuntime(Runtime):
         cmd = self._cmd
         if cmd is None or self._shell is None:
             return None
-        times = [t for t in (cmd.stage_at, cmd.flush_at) if t is not None]
+        times = [t for t in (cmd.stage_at, cmd.flush_at, cmd.check_at) if t is not None]
         if self._shell.pidfd < 0:
             times.append(time.monotonic() + _LIVENESS_INTERVAL)
         return min(times) if times else None
@@ -265,6 +319,9 @@ class LocalRuntime(Runtime):
             return self._bury_shell()
         now = time.monotonic()
         out: list[Output] = []
+        if cmd.check_at is not None and now >= cmd.check_at:
+            self._check_limits(cmd, shell)
+            cmd.check_at = now + _LIMITS_INTERVAL
         if cmd.stage_at is not None and now >= cmd.stage_at:
             out += self._escalate(cmd, now)
         if self._cmd is cmd and self._opts.stream_interval and cmd.reader.has_text:
@@ -305,12 +362,17 @@ class LocalRuntime(Runtime):
     def _finish(self, cmd: _Command) -> list[Output]:
         self._cmd = None
         reader = cmd.reader
+        if self._shell is not None:  # 153: SIGXFSZ, a file as large as the workspace cap
+            self._check_limits(cmd, self._shell, final=reader.exit_code == 153)
         if reader.cwd:  # empty after `unset PWD`: keep the last known one
             self._cwd = self._relative(reader.cwd)
         extras: dict[str, Any] = {"command": cmd.command, "exit_code": reader.exit_code}
         text = reader.finish()
         if cmd.interrupted:
             extras["interrupted"] = True
+        if cmd.killed:
+            extras["exit_code"] = 137
+            text += self._note(reader, text, cmd.killed)
         if cmd.timed_out:
             extras["timed_out"] = True
             text += self._note(reader, text, f"command timed out after {cmd.timeout:g} s")
@@ -352,6 +414,20 @@ class LocalRuntime(Runtime):
         )
         return out
 
+    def _check_limits(self, cmd: _Command, shell: ShellProcess, final: bool | None = None) -> None:
+        """Did the sandbox hit a limit? Then name it, and stop what the limit does not stop
+        itself: a fork bomb's processes (all but the shell), a disk filler (the command)."""
+        sandbox = shell.sandbox
+        if sandbox is None or cmd.killed:
+            return
+        hit = sandbox.limit_hit(workspace=final is None, file_size=bool(final))
+        if hit is not None:
+            cmd.killed = hit
+            if "process limit" in hit:
+                sandbox.kill_all_but({shell.pid})
+            elif "workspace" in hit:
+                shell.kill_new(cmd.before)
+
     @staticmethod
     def _note(reader: OutputReader, text: str, note: str) -> str:
         """``[note]`` on a line of its own after the output handed out so far."""
@@ -362,8 +438,11 @@ class LocalRuntime(Runtime):
     def _inside(self, real: str) -> bool:
         return real == self._workspace or real.startswith(self._workspace.rstrip(os.sep) + os.sep)
 
-    def _relative(self, real: str) -> str:
-        return os.path.relpath(real, self._workspace) if self._inside(real) else real
+    def _relative(self, seen: str) -> str:
+        """A directory the shell reported, relative to the workspace when inside it."""
+        root = self._root_seen
+        inside = seen == root or seen.startswith(root.rstrip(os.sep) + os.sep)
+        return os.path.relpath(seen, root) if inside else seen
 
     def _resolve(self, path: Any) -> str:
         """``path`` resolved (symlinks too) relative to the workspace; PathEscape if it leaves it."""
@@ -401,8 +480,30 @@ class LocalRuntime(Runtime):
             )
         return observation("read", text, cause, {"path": path}, f"Read {path}")
 
+    def write_file(self, path: str, data: bytes) -> None:
+        """The REST API's writes: as the base class, then the file is the sandbox's."""
+        self._check_room(len(data))
+        super().write_file(path, data)
+        self._give(self._confine(path))
+
+    def _check_room(self, size: int) -> None:
+        cap = self._sandbox.workspace_limit_mb if self._sandbox else None
+        if cap and workspace_usage(self._workspace) + size > cap * 1024**2:
+            raise ActionError(f"the workspace is full: its size limit is {cap} MiB")
+
+    def _give(self, target: Any) -> None:
+        """Hand a file the daemon wrote (and the directories made for it) to the sandbox uid."""
+        if self._sandbox is None:
+            return
+        sandbox, path = self._new_sandbox(), os.path.realpath(target)
+        assert sandbox is not None
+        while self._inside(path) and path != self._workspace:
+            sandbox.give(path)
+            path = os.path.dirname(path)
+
     def _write(self, path: str, content: str, cause: int) -> Output:
         try:
+            self._check_room(len(content.encode("utf-8")))
             fd = open_beneath(self._workspace, self._resolve(path), os.O_WRONLY | os.O_CREAT, make_dirs=True)
             with os.fdopen(fd, "wb") as fh:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -413,4 +514,21 @@ class LocalRuntime(Runtime):
             return error_observation(str(exc), cause)
         except OSError as exc:
             return error_observation(f"Cannot write {path}: {exc.strerror or exc}", cause)
+        self._give(os.path.join(self._workspace, path))
         return observation("write", "", cause, {"path": path}, f"Wrote {path}")
+
+
+class LocalUnsandboxedRuntime(LocalRuntime):
+    """The explicit opt-out: the local runtime without its sandbox (the daemon's uid and
+    view of the host, rlimits only). Not a security boundary; the daemon warns at start."""
+
+    name = "local-unsandboxed"
+    sandboxed = False
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[str]:
+        _Options.parse(options)
+        return [
+            'runtime = "local-unsandboxed": session shells run with the daemon\'s uid and see the '
+            "whole host (its secret, every workspace, its ports); this is not a security boundary"
+        ]
