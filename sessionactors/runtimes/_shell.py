@@ -211,7 +211,7 @@ class ShellProcess:
             raise RuntimeStartError(
                 f"cannot start shell {shell!r}: {getattr(exc, 'strerror', None) or exc}"
             ) from None
-        self.pid = self.proc.pid
+        self.pid = self.pgid = self.proc.pid
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.fd = self.proc.stdout.fileno()
         os.set_blocking(self.fd, False)
@@ -236,7 +236,9 @@ class ShellProcess:
             self._write(init.encode() + self._marker_line(nonce))
             self._wait_ready(OutputReader(nonce, None), start_timeout)
             if sandbox is not None:
-                self.pid = sandbox.shell_pid()
+                # bwrap's init made the new session: the shell is in its group, and SIGINT
+                # to that group spares init (a namespace's init ignores default-action signals).
+                self.pid, self.pgid = sandbox.shell_pid(), sandbox.init_pid
         except (OSError, RuntimeStartError) as exc:
             said = self._bwrap_errors()
             self.close(grace=0)
@@ -311,7 +313,7 @@ class ShellProcess:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return b"".join(chunks), False
+                return b"".join(chunks), not chunks and self._output_moved()
             except OSError:
                 return b"".join(chunks), True
             if not data:
@@ -319,6 +321,16 @@ class ShellProcess:
             chunks.append(data)
             size += len(data)
         return b"".join(chunks), False
+
+    def _output_moved(self) -> bool:
+        """In a sandbox, bwrap holds the pipe open too: `exec >/dev/null` gives no EOF, so
+        look whether the shell's stdout is still our pipe."""
+        if self.sandbox is None or self.pid == self.proc.pid:
+            return False
+        try:
+            return os.readlink(f"/proc/{self.pid}/fd/1") != f"pipe:[{os.fstat(self.fd).st_ino}]"
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -338,7 +350,7 @@ class ShellProcess:
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the shell's process group (the shell and its foreground command)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGINT)
+            os.killpg(self.pgid, signal.SIGINT)
 
     def kill_new(self, before: set[int]) -> int:
         """SIGKILL the process trees of children started since ``before``; return how many."""
@@ -363,7 +375,7 @@ class ShellProcess:
         _procs.signal_all(victims, signal.SIGKILL)
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)  # also whatever forked since the scan
+                os.killpg(self.pgid, signal.SIGKILL)  # also whatever forked since the scan
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2)  # SIGKILLed: bounded and short
         if self.sandbox is not None:
@@ -387,7 +399,7 @@ class ShellProcess:
         stats = _procs.all_stats()
         # The kernel does not reuse a pid while it names a live group or session, so
         # matching on them is safe even after bash itself was reaped; bash's own pid is not.
-        found = {pid for pid, (_ppid, pgrp, sid) in stats.items() if self.pid in (pgrp, sid)}
+        found = {pid for pid, (_ppid, pgrp, sid) in stats.items() if self.pgid in (pgrp, sid)}
         if self.proc.returncode is None:
             found.add(self.pid)
         else:

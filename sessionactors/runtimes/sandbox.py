@@ -222,7 +222,8 @@ class Sandbox:
         cmd = [s.bwrap, "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         cmd += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
-        cmd += ["--ro-bind", "/usr", "/usr", "--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/run"]
+        cmd += ["--ro-bind", "/usr", "/usr"]
+        cmd += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/run"]
         for top in _TOP:
             host = "/" + top
             if os.path.islink(host):
