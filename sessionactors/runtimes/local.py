@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ActionError, PathEscape, RuntimeStartError
+from ..errors import ActionError, ConfigError, PathEscape, RuntimeStartError
 from ._files import open_beneath
 from ._shell import OutputReader, ShellProcess, rlimits_from_options
 from .base import Output, Runtime, RuntimeContext, Status, error_observation, observation
@@ -142,7 +142,7 @@ class LocalRuntime(Runtime):
         if self.sandboxed:
             try:
                 self._sandbox = SandboxSettings.parse(ctx.options)
-            except ValueError as exc:  # ConfigError is a ValueError
+            except ConfigError as exc:
                 self._option_error = str(exc)
         self._root_seen = INSIDE_WORKSPACE if self.sandboxed else self._workspace  # the shell's view
 

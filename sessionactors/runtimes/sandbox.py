@@ -8,9 +8,10 @@ processes with ``Sandbox.wrap``/``Sandbox.started`` (docs/runtimes.md). Imports 
 
 What the sandboxed process gets (docs/security.md, "Session sandbox"):
 
-- its own user namespace, mapped to an unprivileged host uid picked from a range by the
-  session id (``sandbox_uid_base`` + hash mod ``sandbox_uid_count``), no capabilities and
-  no further user namespaces (``--disable-userns``);
+- an unprivileged uid of its own, picked from a range by the session id
+  (``sandbox_uid_base`` + hash mod ``sandbox_uid_count``), no capabilities, no new
+  privileges (``setpriv``); the workspace and the files the daemon writes there are owned
+  by that uid, and the daemon (root) reads and writes them as before;
 - its own mount namespace: ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links) read-only,
   a few files of ``/etc``, its workspace read-write at ``/workspace``, a private ``/tmp``
   (tmpfs, ``tmp_size_mb``), its own ``/proc`` and a minimal ``/dev``; nothing else of the
@@ -23,8 +24,16 @@ What the sandboxed process gets (docs/security.md, "Session sandbox"):
 - a ``CgroupSet`` with the memory, process and CPU limits where cgroups are usable, and
   rlimits otherwise.
 
-Why the daemon opens the workspace and passes it as a file descriptor (``--bind-fd``):
-bwrap runs as the sandbox uid, which cannot traverse the daemon's 0700 data dir.
+Why bwrap runs as root and ``setpriv`` drops to the session's uid, rather than bwrap's
+own user namespace (which would also allow ``--disable-userns``): bwrap 0.8 resolves every
+bind source with ``realpath`` as the sandbox's uid, and that uid cannot traverse the
+daemon's 0700 data dir to reach the workspace (``--bind-fd`` is resolved the same way).
+The cost is one more ``exec`` and that the shell may create user namespaces of its own
+(kernel attack surface, no host privilege). A daemon that is not root gets bwrap's user
+namespace instead: the shell is uid 1000 inside, the daemon's uid outside.
+
+Why prlimit is not used from outside: the kernel refuses it (EPERM) for a process in the
+sandbox; the shell sets its rlimits itself with ``ulimit`` before any command runs.
 """
 
 from __future__ import annotations
@@ -138,23 +147,35 @@ def preflight(settings: SandboxSettings) -> list[str]:
             'runtime.network = "outbound" needs pasta (Debian/Ubuntu: apt-get install passt), '
             'or set runtime.network = "none"'
         )
+    import dataclasses
     import subprocess
+    import tempfile
 
-    uid = settings.uid_base
-    try:
-        probe = subprocess.run(
-            [path, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-             "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--", "/usr/bin/true"],
-            user=uid, group=uid, extra_groups=[], capture_output=True, timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeStartError(f"cannot run bubblewrap ({path}): {exc}; {optout}") from None
-    if probe.returncode != 0:
-        said = probe.stderr.decode(errors="replace").strip()[-300:]
+    # The probe is a real sandbox (without cgroups, checked below): what fails here would
+    # fail every session.
+    with tempfile.TemporaryDirectory(prefix="sessionactors-probe-") as tmp:
+        ws, ctl = os.path.join(tmp, "ws"), os.path.join(tmp, "ctl")
+        os.makedirs(ws)
+        os.makedirs(ctl)
+        probe_box = Sandbox(dataclasses.replace(settings, cgroups="off"), "preflight", ws)
+        try:
+            probe_box.own_workspace()
+            argv, kwargs = probe_box.wrap(["/bin/sh", "-c", "exit 0"], ".", ctl)
+            with subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs) as proc:
+                probe_box.started(proc, 10)
+                _out, err = proc.communicate(timeout=10)
+        except (OSError, subprocess.SubprocessError, RuntimeStartError) as exc:
+            probe_box.close()
+            raise RuntimeStartError(
+                f"cannot start a sandbox with bubblewrap ({path}): {exc}; {optout}"
+            ) from None
+        probe_box.close()
+    if proc.returncode != 0:
+        said = err.decode(errors="replace").strip()[-300:]
         raise RuntimeStartError(
-            f"bubblewrap cannot create namespaces here ({said}); unprivileged user namespaces "
-            f"must be allowed (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1, "
-            f"a container that permits them), {optout}"
+            f"bubblewrap cannot create the sandbox's namespaces here ({said}): the daemon must be "
+            "allowed to create mount, PID and network namespaces (as root, or with unprivileged "
+            f"user namespaces: sysctl user.max_user_namespaces > 0; some containers forbid both), {optout}"
         )
     warnings = []
     if settings.cgroups != "off":
@@ -173,7 +194,8 @@ class Sandbox:
         self.settings = settings
         self.session_id = session_id
         self.workspace = workspace
-        self.uid = settings.uid_for(session_id)
+        self.privileged = os.geteuid() == 0  # else: no uid of its own, see wrap()
+        self.uid = settings.uid_for(session_id) if self.privileged else os.geteuid()
         self.cgroups: CgroupSet | None = None
         self.init_pid = 0  # the sandbox's init (bwrap, pid 1 inside), as the host sees it
         self.net: Any = None  # the pasta process of an outbound sandbox
@@ -185,7 +207,7 @@ class Sandbox:
     def own_workspace(self) -> None:
         """Give the workspace to the sandbox uid (files the daemon wrote there as well)."""
         st = os.stat(self.workspace)
-        if st.st_uid == self.uid and st.st_gid == self.uid:
+        if not self.privileged or (st.st_uid == self.uid and st.st_gid == self.uid):
             return
         for folder, dirs, files in os.walk(self.workspace):
             for name in dirs + files:
@@ -203,13 +225,14 @@ class Sandbox:
         """The command line running ``argv`` in the sandbox (in ``cwd``, relative to the
         workspace) and the ``subprocess.Popen`` arguments it needs."""
         s = self.settings
-        os.chown(ctl_dir, self.uid, self.uid)
+        os.chown(ctl_dir, self.uid, self.uid)  # (a no-op unless root)
+        inside = self.uid if self.privileged else 1000
         with open(os.path.join(ctl_dir, "passwd"), "w") as fh:
             fh.write(
-                f"root:x:0:0::/:/usr/sbin/nologin\nuser:x:{self.uid}:{self.uid}::{INSIDE_WORKSPACE}:/bin/bash\n"
+                f"root:x:0:0::/:/usr/sbin/nologin\nuser:x:{inside}:{inside}::{INSIDE_WORKSPACE}:/bin/bash\n"
             )
         with open(os.path.join(ctl_dir, "group"), "w") as fh:
-            fh.write(f"root:x:0:\nuser:x:{self.uid}:\n")
+            fh.write(f"root:x:0:\nuser:x:{inside}:\n")
         with open(os.path.join(ctl_dir, "command.sh"), "w"):
             pass  # the shell's, to read: every command rewrites it in place, keeping the owner
         os.chown(os.path.join(ctl_dir, "command.sh"), self.uid, self.uid)
@@ -217,9 +240,12 @@ class Sandbox:
         block_r, block_w = os.pipe()
         self._fds = [info_w, block_r]
         self._info_r, self._block_w = info_r, block_w
-        # bwrap runs as the daemon's uid (root) and drops to the session's uid with setpriv
-        # as the last step: see the module docstring for why not bwrap's own user namespace.
-        cmd = [s.bwrap, "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        if self.privileged:
+            # bwrap runs as root and drops to the session's uid with setpriv as the last step:
+            # see the module docstring for why not bwrap's own user namespace.
+            cmd = [s.bwrap, "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:  # a daemon that is not root: a user namespace, mapped to the daemon's own uid
+            cmd = [s.bwrap, "--unshare-user", "--uid", "1000", "--gid", "1000", "--disable-userns"]
         cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         cmd += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
         cmd += ["--ro-bind", "/usr", "/usr"]
@@ -245,9 +271,11 @@ class Sandbox:
         cmd += ["--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
         cmd += ["--bind", self.workspace, INSIDE_WORKSPACE]
         cmd += ["--chdir", os.path.join(INSIDE_WORKSPACE, cwd) if cwd != "." else INSIDE_WORKSPACE]
-        cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r), "--", "setpriv"]
-        cmd += ["--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups", "--no-new-privs"]
-        cmd += ["--inh-caps=-all", "--bounding-set=-all", "--", *argv]
+        cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r), "--"]
+        if self.privileged:
+            cmd += ["setpriv", "--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups"]
+            cmd += ["--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+        cmd += argv
         if s.cgroups != "off":
             try:  # before the fork: its cost must not hold the sandbox's init waiting
                 self.cgroups = CgroupSet.create(_cgroup_name(self.session_id), s.limits)
