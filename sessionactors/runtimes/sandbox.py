@@ -268,7 +268,7 @@ class Sandbox:
             "/etc/group",
         ]
         cmd += ["--proc", "/proc", "--dev", "/dev"]
-        cmd += ["--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
+        cmd += ["--perms", "1777", "--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
         cmd += ["--bind", self.workspace, INSIDE_WORKSPACE]
         cmd += ["--chdir", os.path.join(INSIDE_WORKSPACE, cwd) if cwd != "." else INSIDE_WORKSPACE]
         cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r), "--"]
