@@ -421,7 +421,9 @@ class LocalRuntime(Runtime):
         if sandbox is None or cmd.killed:
             return
         hit = sandbox.limit_hit(workspace=final is None, file_size=bool(final))
-        if hit is not None:
+        if hit is not None and final is None:  # still running: end it like a Ctrl-C ...
+            shell.interrupt()
+        if hit is not None:  # ... and kill what does not stop on it
             cmd.killed = hit
             if "process limit" in hit:
                 sandbox.kill_all_but({shell.pid})
