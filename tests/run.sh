@@ -18,6 +18,9 @@ fi
 if [ -x tests/install-browser.sh ]; then
     tests/install-browser.sh
 fi
+if [ -x tests/install-sandbox.sh ]; then
+    tests/install-sandbox.sh
+fi
 ruff check sessionactors tests bench
 ruff format --check sessionactors tests bench
 mypy sessionactors

@@ -37,21 +37,21 @@ import contextlib
 import math
 import os
 import resource
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ActionError, ConfigError, PathEscape, RuntimeStartError
-from ._files import open_beneath
+from ..errors import ActionError, ConfigError, RuntimeStartError
+from ._localfiles import LocalFiles
 from ._shell import OutputReader, ShellProcess, rlimits_from_options
-from .base import Output, Runtime, RuntimeContext, Status, error_observation, observation
-from .sandbox import INSIDE_WORKSPACE, SANDBOX_PATH, Sandbox, SandboxSettings, preflight, workspace_usage
+from .base import Output, RuntimeContext, Status, error_observation, observation
+from .sandbox import INSIDE_WORKSPACE, SANDBOX_PATH, SandboxSettings, preflight
 
 __all__ = ["LocalRuntime", "LocalUnsandboxedRuntime"]
 
 _LIVENESS_INTERVAL = 1.0  # without a pidfd, how often a busy runtime checks that bash lives
 _LIMITS_INTERVAL = 0.5  # how often a running command's sandbox is checked for a limit hit
+_LIMIT_KILL_DELAY = 0.2  # from the Ctrl-C of a command over a limit to the SIGKILL stage
 
 
 @dataclass
@@ -113,7 +113,7 @@ class _Command:
     check_at: float | None = None  # when to check the sandbox's limits next
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(LocalFiles):
     """A persistent bash per session; see the module docstring for the behaviour."""
 
     name = "local"
@@ -197,11 +197,6 @@ class LocalRuntime(Runtime):
         )
         self._cwd = rel
 
-    def _new_sandbox(self) -> Sandbox | None:
-        if self._sandbox is None:
-            return None
-        return Sandbox(self._sandbox, self.ctx.session_id, self._workspace)
-
     def _rlimits(self) -> list[tuple[int, int]]:
         """The rlimits; in a sandbox one file can never be larger than the workspace cap."""
         cap = self._sandbox.workspace_limit_mb if self._sandbox else None
@@ -269,6 +264,8 @@ class LocalRuntime(Runtime):
                 self._spawn()
             assert self._shell is not None
             self._shell.read()  # drop what background jobs wrote since the last command ended
+            if self._shell.sandbox is not None:
+                self._shell.sandbox.limit_hit(workspace=False)  # count hits from here on only
             before = self._shell.children()
             nonce = self._shell.send(command)
         except (RuntimeStartError, OSError) as exc:
@@ -353,6 +350,8 @@ class LocalRuntime(Runtime):
             self._shell.interrupt()
             cmd.stage, cmd.stage_at = 1, now + grace
         elif cmd.stage == 1:
+            if cmd.killed and "process limit" in cmd.killed and self._shell.sandbox is not None:
+                self._shell.sandbox.kill_all_but({self._shell.pid})  # a fork bomb's orphans too
             self._shell.kill_new(cmd.before)
             cmd.stage, cmd.stage_at = 2, now + max(grace, 1.0)
         else:  # the shell itself is stuck (e.g. a builtin loop under `trap '' INT`)
@@ -421,103 +420,18 @@ class LocalRuntime(Runtime):
         if sandbox is None or cmd.killed:
             return
         hit = sandbox.limit_hit(workspace=final is None, file_size=bool(final))
-        if hit is not None and final is None:  # still running: end it like a Ctrl-C ...
+        cmd.killed = hit
+        if hit is not None and final is None and cmd.stage == 0:
+            # Still running: a Ctrl-C now (the shell abandons the command line, which a
+            # SIGKILL of its child would not make it do), the SIGKILL stage shortly after.
             shell.interrupt()
-        if hit is not None:  # ... and kill what does not stop on it
-            cmd.killed = hit
-            if "process limit" in hit:
-                sandbox.kill_all_but({shell.pid})
-            elif "workspace" in hit:
-                shell.kill_new(cmd.before)
+            cmd.stage, cmd.stage_at = 1, time.monotonic() + _LIMIT_KILL_DELAY
 
     @staticmethod
     def _note(reader: OutputReader, text: str, note: str) -> str:
         """``[note]`` on a line of its own after the output handed out so far."""
         ends = text.endswith("\n") if text else reader.ends_with_newline
         return ("" if ends else "\n") + f"[{note}]\n"
-
-    # -- files -------------------------------------------------------------------------
-    def _inside(self, real: str) -> bool:
-        return real == self._workspace or real.startswith(self._workspace.rstrip(os.sep) + os.sep)
-
-    def _relative(self, seen: str) -> str:
-        """A directory the shell reported, relative to the workspace when inside it."""
-        root = self._root_seen
-        inside = seen == root or seen.startswith(root.rstrip(os.sep) + os.sep)
-        return os.path.relpath(seen, root) if inside else seen
-
-    def _resolve(self, path: Any) -> str:
-        """``path`` resolved (symlinks too) relative to the workspace; PathEscape if it leaves it."""
-        if not isinstance(path, str) or not path or "\0" in path:
-            raise ActionError("'path' must be a non-empty string")
-        if os.path.isabs(path):
-            raise PathEscape(f"path {path!r} is absolute; paths are relative to the workspace")
-        real = os.path.realpath(os.path.join(self._workspace, path))
-        if not self._inside(real):
-            raise PathEscape(f"path {path!r} is outside the workspace")
-        return os.path.relpath(real, self._workspace)
-
-    def _read(self, path: str, cause: int) -> Output:
-        limit = self._opts.max_file_size
-        try:
-            fd = open_beneath(self._workspace, self._resolve(path), os.O_RDONLY)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                return error_observation(f"{path} is not a regular file", cause)
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(limit + 1)
-        except ActionError as exc:  # the path changed meaning since validate()
-            return error_observation(str(exc), cause)
-        except FileNotFoundError:
-            return error_observation(f"No such file: {path}", cause)
-        except OSError as exc:
-            return error_observation(f"Cannot read {path}: {exc.strerror or exc}", cause)
-        if len(data) > limit:
-            return error_observation(f"{path} is larger than the {limit} byte limit for read", cause)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return error_observation(
-                f"{path} is a binary file (not valid UTF-8); read returns text only", cause
-            )
-        return observation("read", text, cause, {"path": path}, f"Read {path}")
-
-    def write_file(self, path: str, data: bytes) -> None:
-        """The REST API's writes: as the base class, then the file is the sandbox's."""
-        self._check_room(len(data))
-        super().write_file(path, data)
-        self._give(self._confine(path))
-
-    def _check_room(self, size: int) -> None:
-        cap = self._sandbox.workspace_limit_mb if self._sandbox else None
-        if cap and workspace_usage(self._workspace) + size > cap * 1024**2:
-            raise ActionError(f"the workspace is full: its size limit is {cap} MiB")
-
-    def _give(self, target: Any) -> None:
-        """Hand a file the daemon wrote (and the directories made for it) to the sandbox uid."""
-        if self._sandbox is None:
-            return
-        sandbox, path = self._new_sandbox(), os.path.realpath(target)
-        assert sandbox is not None
-        while self._inside(path) and path != self._workspace:
-            sandbox.give(path)
-            path = os.path.dirname(path)
-
-    def _write(self, path: str, content: str, cause: int) -> Output:
-        try:
-            self._check_room(len(content.encode("utf-8")))
-            fd = open_beneath(self._workspace, self._resolve(path), os.O_WRONLY | os.O_CREAT, make_dirs=True)
-            with os.fdopen(fd, "wb") as fh:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return error_observation(f"{path} is not a regular file", cause)
-                fh.truncate(0)  # only now: never truncate something that is not a regular file
-                fh.write(content.encode("utf-8"))
-        except ActionError as exc:
-            return error_observation(str(exc), cause)
-        except OSError as exc:
-            return error_observation(f"Cannot write {path}: {exc.strerror or exc}", cause)
-        self._give(os.path.join(self._workspace, path))
-        return observation("write", "", cause, {"path": path}, f"Wrote {path}")
 
 
 class LocalUnsandboxedRuntime(LocalRuntime):

@@ -332,9 +332,13 @@ class Sandbox:
 
     def kill_all_but(self, keep: set[int]) -> None:
         """SIGKILL every process of the sandbox except ``keep`` (and its init)."""
-        pids = self.cgroups.pids() if self.cgroups is not None else set()
-        pids |= _procs.descendants([self.init_pid]) if self.init_pid else set()
-        _procs.signal_all(pids - keep - {self.init_pid}, signal.SIGKILL)
+        for _ in range(50):  # bounded: survivors of a fork bomb fork again while we kill
+            pids = self.cgroups.pids() if self.cgroups is not None else set()
+            pids |= _procs.descendants([self.init_pid]) if self.init_pid else set()
+            victims = pids - keep - {self.init_pid}
+            if not victims:
+                return
+            _procs.signal_all(victims, signal.SIGKILL)
 
     def close(self) -> None:
         """Kill the sandbox (its init: the kernel ends the rest) and remove its cgroups."""
