@@ -239,6 +239,7 @@ class ShellProcess:
                 # bwrap's init made the new session: the shell is in its group, and SIGINT
                 # to that group spares init (a namespace's init ignores default-action signals).
                 self.pid, self.pgid = sandbox.shell_pid(), sandbox.init_pid
+                sandbox.confirm(self.pid)
         except (OSError, RuntimeStartError) as exc:
             said = self._bwrap_errors()
             self.close(grace=0)

@@ -21,8 +21,9 @@ a systemd slice); a session must never get more than the daemon has.
 
 Cost: creating a cgroup is ~0.1 ms; *moving* a process into one costs 2-20 ms on a v1
 kernel (it takes the global threadgroup lock, a percpu rwsem whose writer waits for an RCU
-grace period). ``attach`` moves into the three v1 hierarchies from three threads at once so
-that the waits overlap (measured 15 ms sequential, 2-9 ms in parallel; docs/benchmarks.md).
+grace period). ``attach_async`` moves into the three v1 hierarchies from three threads at once, so that
+the waits overlap each other (measured 15 ms sequential, 2-9 ms in parallel) and the
+sandbox's own setup (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +148,13 @@ class CgroupSet:
         (self.dirs[controller] / file).write_text(value)
 
     def attach(self, pid: int) -> None:
-        """Move process ``pid`` (it has no children yet) into every controller's cgroup."""
-        dirs = list(dict.fromkeys(self.dirs.values()))  # v2: one directory
+        """Move process ``pid`` into every controller's cgroup (and wait until it is in)."""
+        self.attach_async(pid)()
+
+    def attach_async(self, pid: int) -> Callable[[], None]:
+        """Start moving ``pid`` (one thread per hierarchy: the moves' waits overlap with each
+        other and with whatever the caller does meanwhile); the returned function waits for
+        the moves and raises CgroupError if one failed."""
         errors: list[OSError] = []
 
         def move(directory: Path) -> None:
@@ -156,16 +163,30 @@ class CgroupSet:
             except OSError as exc:
                 errors.append(exc)
 
-        if len(dirs) == 1:
-            move(dirs[0])
-        else:  # the moves wait on RCU grace periods: overlap them
-            threads = [threading.Thread(target=move, args=(d,), daemon=True) for d in dirs]
-            for t in threads:
-                t.start()
+        threads = [
+            threading.Thread(target=move, args=(d,), daemon=True) for d in dict.fromkeys(self.dirs.values())
+        ]
+        for t in threads:
+            t.start()
+
+        def join() -> None:
             for t in threads:
                 t.join()
-        if errors:
-            raise CgroupError(f"cannot move the sandbox into its cgroup: {errors[0].strerror or errors[0]}")
+            if errors:
+                raise CgroupError(
+                    f"cannot move the sandbox into its cgroup: {errors[0].strerror or errors[0]}"
+                )
+
+        return join
+
+    def holds(self, pid: int) -> bool:
+        """Whether ``pid`` is in every one of these cgroups."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as fh:
+                paths = {line.rstrip("\n").split(":", 2)[2] for line in fh}
+        except OSError:
+            return False
+        return all(any(str(d).endswith(p) and p != "/" for p in paths) for d in set(self.dirs.values()))
 
     def counters(self) -> dict[str, int]:
         """Cumulative limit events: ``oom_kill`` (processes the OOM killer ended) and

@@ -46,6 +46,7 @@ import select
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,7 +201,8 @@ class Sandbox:
         self.init_pid = 0  # the sandbox's init (bwrap, pid 1 inside), as the host sees it
         self.net: Any = None  # the pasta process of an outbound sandbox
         self._fds: list[int] = []
-        self._info_r = self._block_w = -1
+        self._info_r = -1
+        self._moving: Callable[[], None] | None = None  # waits for the cgroup moves
         self.cgroup_error: str | None = None
 
     # -- before the fork -------------------------------------------------------------
@@ -237,9 +239,8 @@ class Sandbox:
             pass  # the shell's, to read: every command rewrites it in place, keeping the owner
         os.chown(os.path.join(ctl_dir, "command.sh"), self.uid, self.uid)
         info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        self._fds = [info_w, block_r]
-        self._info_r, self._block_w = info_r, block_w
+        self._fds = [info_w]
+        self._info_r = info_r
         if self.privileged:
             # bwrap runs as root and drops to the session's uid with setpriv as the last step:
             # see the module docstring for why not bwrap's own user namespace.
@@ -249,29 +250,19 @@ class Sandbox:
         cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         cmd += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
         cmd += ["--ro-bind", "/usr", "/usr"]
-        cmd += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/run"]
+        cmd += ["--perms", "0755", "--dir", "/run"]
         for top in _TOP:
             host = "/" + top
             if os.path.islink(host):
                 cmd += ["--symlink", os.readlink(host), host]
             elif os.path.isdir(host):
                 cmd += ["--ro-bind", host, host]
-        for name in _ETC:
-            cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        cmd += ["--ro-bind", ctl_dir, INSIDE_CTL]
-        cmd += [
-            "--symlink",
-            f"{INSIDE_CTL}/passwd",
-            "/etc/passwd",
-            "--symlink",
-            f"{INSIDE_CTL}/group",
-            "/etc/group",
-        ]
+        cmd += ["--ro-bind", _etc_dir(), "/etc", "--ro-bind", ctl_dir, INSIDE_CTL]
         cmd += ["--proc", "/proc", "--dev", "/dev"]
         cmd += ["--perms", "1777", "--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
         cmd += ["--bind", self.workspace, INSIDE_WORKSPACE]
         cmd += ["--chdir", os.path.join(INSIDE_WORKSPACE, cwd) if cwd != "." else INSIDE_WORKSPACE]
-        cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r), "--"]
+        cmd += ["--info-fd", str(info_w), "--"]
         if self.privileged:
             cmd += ["setpriv", "--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups"]
             cmd += ["--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
@@ -289,8 +280,8 @@ class Sandbox:
 
     # -- after the fork --------------------------------------------------------------
     def started(self, proc: Any, timeout: float) -> None:
-        """bwrap forked its init, which now waits on the block fd: put it in its cgroups
-        (its children inherit them), attach the network, then let it go on."""
+        """bwrap forked its init, which sets the sandbox up meanwhile: start moving init into
+        its cgroups (``confirm`` waits for that before any command runs)."""
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -300,20 +291,29 @@ class Sandbox:
                 raise RuntimeStartError("the sandbox did not start (bubblewrap failed)")
             self.init_pid = int(info["child-pid"])
             if self.cgroups is not None:
-                try:
-                    self.cgroups.attach(self.init_pid)
-                except CgroupError as exc:
-                    raise RuntimeStartError(str(exc)) from None
-            if self.settings.network == "outbound":
-                from ._net import attach
-
-                self.net = attach(self.init_pid)
-            os.write(self._block_w, b"1")
+                self._moving = self.cgroups.attach_async(self.init_pid)
         finally:
-            for fd in (self._info_r, self._block_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._info_r = self._block_w = -1
+            with contextlib.suppress(OSError):
+                os.close(self._info_r)
+            self._info_r = -1
+
+    def confirm(self, shell_pid: int) -> None:
+        """The shell is ready and has run nothing of the user's: make sure it is in the
+        cgroups (init may have forked it before its own move was done: then move it too),
+        and attach the outbound network."""
+        try:
+            if self._moving is not None:
+                moving, self._moving = self._moving, None
+                moving()
+                assert self.cgroups is not None
+                if not self.cgroups.holds(shell_pid):
+                    self.cgroups.attach(shell_pid)
+        except CgroupError as exc:
+            raise RuntimeStartError(str(exc)) from None
+        if self.settings.network == "outbound":
+            from ._net import attach
+
+            self.net = attach(self.init_pid)
 
     def shell_pid(self, timeout: float = 2.0) -> int:
         """The host pid of the command bwrap started (its init's only child)."""
@@ -354,11 +354,15 @@ class Sandbox:
         self.abort()
 
     def abort(self) -> None:
-        for fd in (*self._fds, self._info_r, self._block_w):
+        for fd in (*self._fds, self._info_r):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._fds, self._info_r, self._block_w = [], -1, -1
+        self._fds, self._info_r = [], -1
+        if self._moving is not None:
+            moving, self._moving = self._moving, None
+            with contextlib.suppress(CgroupError):
+                moving()
 
     # -- limits ------------------------------------------------------------------------
     def limit_hit(self, workspace: bool = True, file_size: bool = False) -> str | None:
@@ -398,6 +402,47 @@ def workspace_usage(root: str, budget: int = 200_000) -> int:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
     return total
+
+
+_etc_cache: list[str] = []
+
+
+def _etc_dir() -> str:
+    """The sandbox's /etc: copies of ``_ETC`` and links to its own passwd and group (one bind
+    mount instead of one per file: a few ms less per start). Made once per uid and boot,
+    shared by every process of the daemon; one found with the wrong owner or mode is not used.
+    """
+    if _etc_cache and os.path.isdir(_etc_cache[0]):
+        return _etc_cache[0]
+    import tempfile
+
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        boot = fh.read().strip()[:8]
+    stable = os.path.join(tempfile.gettempdir(), f"sessionactors-etc-{os.geteuid()}-{boot}")
+    st = None
+    with contextlib.suppress(OSError):
+        st = os.lstat(stable)
+    if st is not None and st.st_uid == os.geteuid() and (st.st_mode & 0o7777) == 0o755:
+        _etc_cache[:] = [stable]
+        return stable
+    path = tempfile.mkdtemp(prefix="sessionactors-etc-")
+    for name in _ETC:
+        src, dst = f"/etc/{name}", os.path.join(path, name)
+        with contextlib.suppress(OSError, shutil.Error):
+            if os.path.isdir(src):
+                shutil.copytree(src, dst, symlinks=True)
+            elif os.path.exists(src):
+                shutil.copy2(src, dst)  # a symlinked resolv.conf: its content
+    for name in ("passwd", "group"):
+        os.symlink(f"{INSIDE_CTL}/{name}", os.path.join(path, name))
+    os.chmod(path, 0o755)
+    try:
+        os.rename(path, stable)  # atomic; fails when another process was first (or a stranger)
+        path = stable
+    except OSError:
+        pass
+    _etc_cache[:] = [path]
+    return path
 
 
 def _cgroup_name(session_id: str) -> str:
