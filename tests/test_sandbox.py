@@ -359,3 +359,43 @@ def test_daemon_refuses_to_start_without_bubblewrap(tmp_path: Path) -> None:
 def test_bad_sandbox_setting_is_named(tmp_path: Path) -> None:
     proc = serve(tmp_path, '{"network": "everywhere"}')
     assert proc.returncode != 0 and "runtime.network" in proc.stderr
+
+
+# -- the outbound network ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    shutil.which("pasta") is None and not os.environ.get("CI"), reason="passt is not installed"
+)
+def test_outbound_network_never_reaches_the_daemon(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "data", runtime="local", runtime_options='{"network": "outbound"}')
+    d.start()
+    try:
+        shell = Shell(d)
+        # a route out, through an interface that is not loopback
+        routes = shell.out("tail -n +2 /proc/net/route | awk '{print $1, $2, $3}'")
+        default = [line.split() for line in routes.splitlines() if line.split()[1] == "00000000"]
+        assert default and default[0][0] != "lo", routes
+        gateway = ".".join(str(b) for b in reversed(bytes.fromhex(default[0][2])))
+        own = shell.out("hostname -I 2>/dev/null || true").split()
+        d.remember_pids()
+        ports = set()
+        for pid in d.known_pids:
+            try:
+                ports |= {
+                    c.laddr.port
+                    for c in psutil.Process(pid).net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN
+                }
+            except psutil.Error:
+                pass
+        assert d.port in ports and d.admin_port in ports
+        for port in sorted(ports):
+            others = (gateway, *own) if port in (d.port, d.admin_port) else ()  # (connect timeouts)
+            for host in ("127.0.0.1", *others):
+                code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=2); print('connected')"
+                obs = shell.run(f'python3 -c "{code}"')
+                assert failed(obs) and "connected" not in obs["content"], (host, port)
+        shell.close()
+    finally:
+        assert not d.stop()  # pasta included: it is a child of the session's process

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import select
 import shutil
 import signal
 import time
@@ -52,19 +50,13 @@ from typing import Any
 
 from ..errors import ConfigError, RuntimeStartError
 from . import _procs
+from ._sandboxfs import INSIDE_CTL, cgroup_name, etc_dir, read_info, workspace_usage
 from .cgroups import CgroupError, CgroupLimits, CgroupSet, available
 
-__all__ = ["INSIDE_WORKSPACE", "Sandbox", "SandboxSettings", "preflight"]
+__all__ = ["INSIDE_CTL", "INSIDE_WORKSPACE", "Sandbox", "SandboxSettings", "preflight", "workspace_usage"]
 
 INSIDE_WORKSPACE = "/workspace"  # as OpenHands
-INSIDE_CTL = "/run/sessionactors"  # the runtime's control files (command file), read-only
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The /etc a shell and the usual tools need; nothing with secrets (no shadow, no ssh keys).
-_ETC = (
-    "alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "hosts", "host.conf",
-    "nsswitch.conf", "resolv.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
-    "os-release", "debian_version", "mime.types", "inputrc", "gitconfig", "magic", "bash.bashrc",
-)  # fmt: skip
 _TOP = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
 
 
@@ -257,7 +249,7 @@ class Sandbox:
                 cmd += ["--symlink", os.readlink(host), host]
             elif os.path.isdir(host):
                 cmd += ["--ro-bind", host, host]
-        cmd += ["--ro-bind", _etc_dir(), "/etc", "--ro-bind", ctl_dir, INSIDE_CTL]
+        cmd += ["--ro-bind", etc_dir(), "/etc", "--ro-bind", ctl_dir, INSIDE_CTL]
         cmd += ["--proc", "/proc", "--dev", "/dev"]
         cmd += ["--perms", "1777", "--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
         cmd += ["--bind", self.workspace, INSIDE_WORKSPACE]
@@ -269,7 +261,7 @@ class Sandbox:
         cmd += argv
         if s.cgroups != "off":
             try:  # before the fork: its cost must not hold the sandbox's init waiting
-                self.cgroups = CgroupSet.create(_cgroup_name(self.session_id), s.limits)
+                self.cgroups = CgroupSet.create(cgroup_name(self.session_id), s.limits)
             except CgroupError as exc:
                 if s.cgroups == "required":
                     self.abort()
@@ -286,7 +278,7 @@ class Sandbox:
             os.close(fd)
         self._fds = []
         try:
-            info = _read_info(self._info_r, timeout)
+            info = read_info(self._info_r, timeout)
             if info is None:
                 raise RuntimeStartError("the sandbox did not start (bubblewrap failed)")
             self.init_pid = int(info["child-pid"])
@@ -385,85 +377,3 @@ class Sandbox:
         ):
             return f"killed: workspace size limit {s.workspace_limit_mb} MiB"
         return None
-
-
-def workspace_usage(root: str, budget: int = 200_000) -> int:
-    """Bytes the workspace occupies on disk (allocated blocks, so sparse files count as
-    what they use); stops counting after ``budget`` entries to stay bounded."""
-    total, seen = 0, 0
-    stack = [root]
-    while stack and seen < budget:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            for entry in it:
-                seen += 1
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-    return total
-
-
-_etc_cache: list[str] = []
-
-
-def _etc_dir() -> str:
-    """The sandbox's /etc: copies of ``_ETC`` and links to its own passwd and group (one bind
-    mount instead of one per file: a few ms less per start). Made once per uid and boot,
-    shared by every process of the daemon; one found with the wrong owner or mode is not used.
-    """
-    if _etc_cache and os.path.isdir(_etc_cache[0]):
-        return _etc_cache[0]
-    import tempfile
-
-    with open("/proc/sys/kernel/random/boot_id") as fh:
-        boot = fh.read().strip()[:8]
-    stable = os.path.join(tempfile.gettempdir(), f"sessionactors-etc-{os.geteuid()}-{boot}")
-    st = None
-    with contextlib.suppress(OSError):
-        st = os.lstat(stable)
-    if st is not None and st.st_uid == os.geteuid() and (st.st_mode & 0o7777) == 0o755:
-        _etc_cache[:] = [stable]
-        return stable
-    path = tempfile.mkdtemp(prefix="sessionactors-etc-")
-    for name in _ETC:
-        src, dst = f"/etc/{name}", os.path.join(path, name)
-        with contextlib.suppress(OSError, shutil.Error):
-            if os.path.isdir(src):
-                shutil.copytree(src, dst, symlinks=True)
-            elif os.path.exists(src):
-                shutil.copy2(src, dst)  # a symlinked resolv.conf: its content
-    for name in ("passwd", "group"):
-        os.symlink(f"{INSIDE_CTL}/{name}", os.path.join(path, name))
-    os.chmod(path, 0o755)
-    try:
-        os.rename(path, stable)  # atomic; fails when another process was first (or a stranger)
-        path = stable
-    except OSError:
-        pass
-    _etc_cache[:] = [path]
-    return path
-
-
-def _cgroup_name(session_id: str) -> str:
-    # By session: a leftover of a killed daemon is reused (emptied) at the next activation.
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)[:64]
-    return f"s-{safe}-{hashlib.sha256(session_id.encode()).hexdigest()[:8]}"
-
-
-def _read_info(fd: int, timeout: float) -> dict[str, Any] | None:
-    """bwrap's ``--info-fd`` JSON; None when it closed the pipe without writing (it failed)."""
-    data = b""
-    end = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(ValueError):
-            if data:
-                return json.loads(data)  # type: ignore[no-any-return]
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            raise RuntimeStartError(f"the sandbox did not start within {timeout} s")
-        select.select([fd], [], [], remaining)
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return None
-        data += chunk
