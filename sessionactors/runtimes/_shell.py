@@ -184,7 +184,7 @@ class ShellProcess:
         kwargs: dict[str, Any] = {"cwd": cwd}
         try:
             if sandbox is not None:
-                argv, kwargs = sandbox.wrap(argv, cwd, self._ctl_dir)
+                argv, kwargs = sandbox.wrap(argv, cwd)
                 kwargs["cwd"] = "/"
             errors = open(self._errors, "wb") if sandbox else None
             self.proc = subprocess.Popen(
@@ -240,6 +240,8 @@ class ShellProcess:
                 # to that group spares init (a namespace's init ignores default-action signals).
                 self.pid, self.pgid = sandbox.shell_pid(), sandbox.init_pid
                 sandbox.confirm(self.pid)
+                self._cmd_file = f"/proc/{self.pid}/root{self._cmd_seen}"  # in its own tmpfs
+                shutil.rmtree(self._ctl_dir, ignore_errors=True)  # held bwrap's errors: done
         except (OSError, RuntimeStartError) as exc:
             said = self._bwrap_errors()
             self.close(grace=0)

@@ -147,13 +147,12 @@ def preflight(settings: SandboxSettings) -> list[str]:
     # The probe is a real sandbox (without cgroups, checked below): what fails here would
     # fail every session.
     with tempfile.TemporaryDirectory(prefix="sessionactors-probe-") as tmp:
-        ws, ctl = os.path.join(tmp, "ws"), os.path.join(tmp, "ctl")
+        ws = os.path.join(tmp, "ws")
         os.makedirs(ws)
-        os.makedirs(ctl)
         probe_box = Sandbox(dataclasses.replace(settings, cgroups="off"), "preflight", ws)
         try:
             probe_box.own_workspace()
-            argv, kwargs = probe_box.wrap(["/bin/sh", "-c", "exit 0"], ".", ctl)
+            argv, kwargs = probe_box.wrap(["/bin/sh", "-c", "exit 0"], ".")
             with subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs) as proc:
                 probe_box.started(proc, 10)
                 _out, err = proc.communicate(timeout=10)
@@ -215,21 +214,10 @@ class Sandbox:
         with contextlib.suppress(OSError):
             os.lchown(path, self.uid, self.uid)
 
-    def wrap(self, argv: list[str], cwd: str, ctl_dir: str) -> tuple[list[str], dict[str, Any]]:
+    def wrap(self, argv: list[str], cwd: str) -> tuple[list[str], dict[str, Any]]:
         """The command line running ``argv`` in the sandbox (in ``cwd``, relative to the
         workspace) and the ``subprocess.Popen`` arguments it needs."""
         s = self.settings
-        os.chown(ctl_dir, self.uid, self.uid)  # (a no-op unless root)
-        inside = self.uid if self.privileged else 1000
-        with open(os.path.join(ctl_dir, "passwd"), "w") as fh:
-            fh.write(
-                f"root:x:0:0::/:/usr/sbin/nologin\nuser:x:{inside}:{inside}::{INSIDE_WORKSPACE}:/bin/bash\n"
-            )
-        with open(os.path.join(ctl_dir, "group"), "w") as fh:
-            fh.write(f"root:x:0:\nuser:x:{inside}:\n")
-        with open(os.path.join(ctl_dir, "command.sh"), "w"):
-            pass  # the shell's, to read: every command rewrites it in place, keeping the owner
-        os.chown(os.path.join(ctl_dir, "command.sh"), self.uid, self.uid)
         info_r, info_w = os.pipe()
         self._fds = [info_w]
         self._info_r = info_r
@@ -249,7 +237,10 @@ class Sandbox:
                 cmd += ["--symlink", os.readlink(host), host]
             elif os.path.isdir(host):
                 cmd += ["--ro-bind", host, host]
-        cmd += ["--ro-bind", etc_dir(), "/etc", "--ro-bind", ctl_dir, INSIDE_CTL]
+        # The control files live in the sandbox's own tmpfs (the daemon writes them through
+        # /proc/<pid>/root): they vanish with it, even when nobody is left to clean up.
+        cmd += ["--ro-bind", etc_dir(), "/etc", "--perms", "0755", "--size", str(16 * 1024**2)]
+        cmd += ["--tmpfs", INSIDE_CTL]
         cmd += ["--proc", "/proc", "--dev", "/dev"]
         cmd += ["--perms", "1777", "--size", str(s.tmp_size_mb * 1024**2), "--tmpfs", "/tmp"]
         cmd += ["--bind", self.workspace, INSIDE_WORKSPACE]
@@ -306,6 +297,18 @@ class Sandbox:
             from ._net import attach
 
             self.net = attach(self.init_pid)
+        inside = self.uid if self.privileged else 1000
+        passwd = f"root:x:0:0::/:/usr/sbin/nologin\nuser:x:{inside}:{inside}::{INSIDE_WORKSPACE}:/bin/bash\n"
+        self.put(shell_pid, "passwd", passwd)
+        self.put(shell_pid, "group", f"root:x:0:\nuser:x:{inside}:\n")
+
+    @staticmethod
+    def put(pid: int, name: str, text: str) -> str:
+        """Write a control file the shell reads (``INSIDE_CTL/name``); its host path."""
+        path = f"/proc/{pid}/root{INSIDE_CTL}/{name}"
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(text)
+        return path
 
     def shell_pid(self, timeout: float = 2.0) -> int:
         """The host pid of the command bwrap started (its init's only child)."""
