@@ -286,6 +286,9 @@ def _status(cfg: Config) -> int:
     code = 0
     if running and state:
         print(f"daemon: running (pid {state['pid']}) on http://{state['host']}:{state['port']}")
+        runtime = str(state.get("runtime") or "")
+        if runtime in ("local", "local-unsandboxed"):  # say whether sessions run in a sandbox
+            print(f"runtime: {runtime} ({'sandboxed' if runtime == 'local' else 'NOT sandboxed'})")
     else:
         orphans = _leftovers(cfg, state)
         if orphans:

@@ -187,6 +187,7 @@ class Daemon:
             "actor_pgid": self.actor_pgid,
             "started": time.time(),
             "instance": self.instance,
+            "runtime": self.cfg.runtime,  # `status` says whether sessions run sandboxed
         }
         tmp = self.cfg.run_dir / "daemon.json.tmp"
         tmp.write_text(json.dumps(state))

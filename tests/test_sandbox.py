@@ -399,3 +399,14 @@ def test_outbound_network_never_reaches_the_daemon(tmp_path: Path) -> None:
         shell.close()
     finally:
         assert not d.stop()  # pasta included: it is a child of the session's process
+
+
+def test_status_says_whether_sessions_are_sandboxed(daemon: DaemonProcess) -> None:
+    status = subprocess.run(
+        [sys.executable, "-m", "sessionactors.cli", "status", "--data-dir", str(daemon.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(daemon.admin_port)},
+    )
+    assert "runtime: local (sandboxed)" in status.stdout, status.stdout + status.stderr
