@@ -43,6 +43,7 @@ import hashlib
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,11 +275,25 @@ class Sandbox:
                 raise RuntimeStartError("the sandbox did not start (bubblewrap failed)")
             self.init_pid = int(info["child-pid"])
             if self.cgroups is not None:
-                self._moving = self.cgroups.attach_async(self.init_pid)
+                # Init forks the shell when its setup is done, maybe before its own move is:
+                # move the shell too, as soon as it exists (while it starts up).
+                cgroups, init_moved = self.cgroups, self.cgroups.attach_async(self.init_pid)
+                child = threading.Thread(target=self._move_child, args=(cgroups,), daemon=True)
+                child.start()
+
+                def moving() -> None:
+                    init_moved()
+                    child.join()
+
+                self._moving = moving
         finally:
             with contextlib.suppress(OSError):
                 os.close(self._info_r)
             self._info_r = -1
+
+    def _move_child(self, cgroups: CgroupSet) -> None:
+        with contextlib.suppress(RuntimeStartError, CgroupError):
+            cgroups.attach(self.shell_pid())
 
     def confirm(self, shell_pid: int) -> None:
         """The shell is ready and has run nothing of the user's: make sure it is in the
