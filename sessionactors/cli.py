@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,18 @@ def exposure_warning(cfg: Config) -> str | None:
     return f"serving on {cfg.host} without require_github: anyone who can reach it can create sessions"
 
 
-def _serve(cfg: Config) -> int:
+def _check_runtime(cfg: Config) -> list[str]:
+    """An unknown runtime, or one that cannot run here (the sandbox without bubblewrap), is
+    an error before starting; what it warns about (running unsandboxed) is logged at start."""
+    cls = load_runtime(cfg.runtime)
+    preflight = getattr(cls, "preflight", None)
+    return list(preflight(cfg.runtime_options)) if preflight is not None else []
+
+
+def _serve(cfg: Config, warnings: Sequence[str] = ()) -> int:
     setup_logging(cfg.log_level, cfg.log_json)
+    for text in warnings:
+        logging.getLogger("sessionactors").warning("%s", text)
     warning = exposure_warning(cfg)
     if warning:
         logging.getLogger("sessionactors").warning("%s", warning)
@@ -275,6 +286,9 @@ def _status(cfg: Config) -> int:
     code = 0
     if running and state:
         print(f"daemon: running (pid {state['pid']}) on http://{state['host']}:{state['port']}")
+        runtime = str(state.get("runtime") or "")
+        if runtime in ("local", "local-unsandboxed"):  # say whether sessions run in a sandbox
+            print(f"runtime: {runtime} ({'sandboxed' if runtime == 'local' else 'NOT sandboxed'})")
     else:
         orphans = _leftovers(cfg, state)
         if orphans:
@@ -348,9 +362,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         cfg = _config(args)
         if args.command in ("serve", "start"):
-            load_runtime(cfg.runtime)  # an unknown runtime is a configuration error, before starting
+            warnings = _check_runtime(cfg)  # refused before anything starts
         if args.command == "serve":
-            return _serve(cfg)
+            return _serve(cfg, warnings)
         if args.command == "start":
             return _start(cfg, argv[1:])
         if args.command == "stop":

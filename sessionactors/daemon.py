@@ -201,6 +201,7 @@ class Daemon(SupervisorRecovery):
             "supervisor_pid": self.supervisor_pid,
             "started": time.time(),
             "instance": self.instance,
+            "runtime": self.cfg.runtime,  # `status` says whether sessions run sandboxed
         }
         tmp = self.cfg.run_dir / "daemon.json.tmp"
         tmp.write_text(json.dumps(state))

@@ -33,6 +33,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         echo "tests/run.sh: PostgreSQL 15 is missing and this is not root: its tests will skip" >&2
     fi
 fi
+if [ -x tests/install-sandbox.sh ]; then
+    tests/install-sandbox.sh
+fi
 ruff check sessionactors tests bench
 ruff format --check sessionactors tests bench
 mypy sessionactors

@@ -962,12 +962,17 @@ class Slot:
 
 
 def _shells(session_pid: int) -> list[int]:
+    """The session's bash: its child, or in the sandbox the child of bwrap's init (bwrap's
+    monitor is the session's child, its init the monitor's)."""
     try:
-        return [
-            c.pid
-            for c in psutil.Process(session_pid).children()
-            if c.name() == "bash" and c.status() != "zombie"
-        ]
+        found = []
+        for c in psutil.Process(session_pid).children():
+            if c.name() == "bwrap":
+                candidates = [s for init in c.children() for s in init.children()]
+            else:
+                candidates = [c]
+            found += [s.pid for s in candidates if s.name() == "bash" and s.status() != "zombie"]
+        return found
     except psutil.Error:
         return []
 

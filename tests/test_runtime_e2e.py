@@ -3,11 +3,27 @@ rehydration restoring the working directory, and REST access to the workspace.""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sessionactors.daemon import pid_alive
 
 from .daemon_harness import Client, DaemonProcess, wait_for
+
+
+def session_processes(session_id: str) -> list[int]:
+    """Host pids of the processes running with the session's id in their environment."""
+    needle = f"SESSIONACTORS_SESSION_ID={session_id}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
 
 
 def run(command: str, **extra: Any) -> dict[str, Any]:
@@ -26,7 +42,7 @@ def test_shell_session_passivates_without_orphans_and_rehydrates_cwd(daemon_fact
     d = daemon_factory(runtime="local", close_delay=0.5)
     c = Client(d.url)
     ok = c.init()
-    c.send(run("mkdir -p sub && cd sub && echo $$ > ../shell.pid && sleep 1000 & echo started"))
+    c.send(run("mkdir -p sub && cd sub && sleep 1000 & echo started"))
     wait_for(lambda: finals(c), what="first command")
     c.send(run("cd sub && export GREETING=hi && pwd"))
     wait_for(lambda: len(finals(c)) == 2, what="second command")
@@ -36,11 +52,12 @@ def test_shell_session_passivates_without_orphans_and_rehydrates_cwd(daemon_fact
     assert finals(c)[2]["content"] == "hi from sub\n"
     status, listing = d.http("GET", f"/api/sessions/{ok['session_id']}/files", token=ok["token"])
     assert status == 200 and {"name": "sub", "type": "dir", "size": None} in listing
-    shell_pid = int((d.data_dir / "workspaces" / ok["session_id"] / "shell.pid").read_text())
-    assert pid_alive(shell_pid)
+    # The sandboxed shell knows only its namespace's pids: find its processes by environment.
+    procs = session_processes(ok["session_id"])
+    assert len(procs) >= 2 and all(pid_alive(p) for p in procs)  # bash and its sleep 1000
     c.close()
     wait_for(lambda: state_of(d, ok) == "passivated", what="passivation")
-    wait_for(lambda: not pid_alive(shell_pid), 5, "the shell (and its sleep 1000 child) to be gone")
+    wait_for(lambda: not any(pid_alive(p) for p in procs), 5, "the shell and its sleep 1000 child to be gone")
     r = Client(d.url)
     try:
         assert r.init(token=ok["token"], latest=-1)["status"] == "ok"

@@ -24,7 +24,7 @@ import pytest
 
 from sessionactors.errors import ActionError, PathEscape, RuntimeStartError
 from sessionactors.runtime import Event, Output, RuntimeContext, Status, load_runtime
-from sessionactors.runtimes.local import LocalRuntime
+from sessionactors.runtimes.local import LocalRuntime, LocalUnsandboxedRuntime
 
 EXAMPLE_DIR = Path(__file__).parent / "data" / "example_runtime"
 
@@ -90,6 +90,22 @@ def _session_processes(session_id: str) -> list[psutil.Process]:
     return found
 
 
+SEEN = "/workspace"  # where the sandboxed shell sees its workspace
+
+
+def host_pid(rt: LocalRuntime, pid: int) -> int:
+    """The host pid of a process the sandboxed shell knows as ``pid`` (``$$``, ``$!``)."""
+    shell = rt._shell
+    if shell is None or shell.sandbox is None:
+        return pid
+    for proc in psutil.Process(shell.sandbox.init_pid).children(recursive=True):
+        with open(f"/proc/{proc.pid}/status") as fh:
+            nspid = [line.split()[-1] for line in fh if line.startswith("NSpid:")]
+        if nspid == [str(pid)]:
+            return proc.pid
+    raise AssertionError(f"no process {pid} in the sandbox")
+
+
 def _gone(pid: int, timeout: float = 2.0) -> bool:
     """True when ``pid`` is dead (a zombie counts: only its reaping is pending)."""
     end = time.monotonic() + timeout
@@ -109,7 +125,10 @@ def make(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalRuntime, Driver]]]
     made: list[tuple[LocalRuntime, str]] = []
 
     def factory(
-        state: dict[str, Any] | None = None, workspace: Path | None = None, **options: Any
+        state: dict[str, Any] | None = None,
+        workspace: Path | None = None,
+        unsandboxed: bool = False,
+        **options: Any,
     ) -> tuple[LocalRuntime, Driver]:
         session_id = f"test-{uuid.uuid4().hex[:12]}"
         ctx = RuntimeContext(
@@ -118,7 +137,7 @@ def make(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalRuntime, Driver]]]
             options=options,
             state=state or {},
         )
-        rt = LocalRuntime(ctx)
+        rt = (LocalUnsandboxedRuntime if unsandboxed else LocalRuntime)(ctx)
         made.append((rt, session_id))
         statuses = _statuses(rt.start())
         assert statuses == ["STATUS$RUNTIME_STARTED"]
@@ -143,7 +162,7 @@ def test_state_persists_across_runs(make: Any, tmp_path: Path) -> None:
     assert (ws.stat().st_mode & 0o777) == 0o700
     assert d.run("mkdir -p sub/deeper && cd sub && export GREETING=hi && LOCAL=1")["extras"]["exit_code"] == 0
     obs = d.run('pwd; echo "$GREETING $LOCAL"; echo data > f.txt')
-    assert obs["content"] == f"{ws.resolve()}/sub\nhi 1\n"
+    assert obs["content"] == f"{SEEN}/sub\nhi 1\n"  # the sandbox's view of the workspace
     assert obs["observation"] == "run" and obs["cause"] == 1 and obs["source"] == "environment"
     assert d.run("cat f.txt; cd deeper")["content"] == "data\n"
     assert rt.state() == {"cwd": "sub/deeper"}
@@ -204,7 +223,7 @@ def test_timeout_interrupts_and_shell_stays_usable(make: Any) -> None:
 
 def test_command_ignoring_sigint_is_killed_after_grace(make: Any) -> None:
     rt, d = make(timeout=0.5, kill_grace=0.5)
-    bg = int(d.run("sleep 1000 & echo $!")["content"])
+    bg = host_pid(rt, int(d.run("sleep 1000 & echo $!")["content"]))
     d.run("export KEPT=yes")
     start = time.monotonic()
     obs = d.run("trap '' INT; echo stubborn; sleep 30")
@@ -244,7 +263,7 @@ def test_streaming_partial_observations(make: Any) -> None:
 def test_streaming_is_rate_limited(make: Any) -> None:
     _, d = make(stream_interval=0.25)
     script = "import sys, time\nfor i in range(1, 301):\n    print('line', i, flush=True); time.sleep(0.003)"
-    outputs = d.act("run", command=f'{sys.executable} -c "{script}"')
+    outputs = d.act("run", command=f'python3 -c "{script}"')
     events = [o.fields for o in outputs if isinstance(o, Event)]
     assert len(events) <= 12  # ~1-2 s of output, at most one partial per 0.25 s
     assert "".join(e["content"] for e in events) == "".join(f"line {i}\n" for i in range(1, 301))
@@ -270,7 +289,7 @@ def test_interactive_commands_do_not_hang(make: Any) -> None:
     start = time.monotonic()
     assert d.run("read x; echo rc=$?")["content"] == "rc=1\n"
     assert d.run("cat")["extras"]["exit_code"] == 0
-    py = d.run(f"{sys.executable} -c 'input()'")
+    py = d.run("python3 -c 'input()'")
     assert py["extras"]["exit_code"] == 1 and "EOFError" in py["content"]
     assert time.monotonic() - start < 5
 
@@ -301,10 +320,7 @@ def test_exit_in_command_restarts_shell(make: Any, tmp_path: Path) -> None:
     assert obs["extras"]["exit_code"] == 3
     assert obs["content"].startswith("bye\n") and "shell exited with code 3" in obs["content"]
     # a fresh shell, same workspace and directory, new environment
-    assert (
-        d.run('pwd; cat file; echo "${GONE:-unset}"')["content"]
-        == f"{(tmp_path / 'ws/sub').resolve()}\nkept\nunset\n"
-    )
+    assert d.run('pwd; cat file; echo "${GONE:-unset}"')["content"] == f"{SEEN}/sub\nkept\nunset\n"
     # set -e then a failure, and a shell whose stdout is redirected away, end the same way
     for command in ("set -e; false", "exec >/dev/null; echo lost"):
         outputs = d.act("run", command=command)
@@ -314,14 +330,14 @@ def test_exit_in_command_restarts_shell(make: Any, tmp_path: Path) -> None:
 
 def test_killed_shell_while_busy_and_while_idle(make: Any) -> None:
     rt, d = make()
-    bash = int(d.run("echo $$")["content"])
+    bash = host_pid(rt, int(d.run("echo $$")["content"]))
     d.rt.begin({"id": 50, "action": "run", "args": {"command": "sleep 30"}})
     os.kill(bash, signal.SIGKILL)
     outputs = d.pump(lambda: not rt.busy, 10)
     assert _statuses(outputs) == ["STATUS$RUNTIME_RESTARTED"]
     (obs,) = [o.fields for o in outputs if isinstance(o, Event)]
     assert obs["cause"] == 50 and obs["extras"]["exit_code"] == 137
-    bash = int(d.run("echo $$")["content"])  # a new shell
+    bash = host_pid(rt, int(d.run("echo $$")["content"]))  # a new shell
     # killed while idle: noticed from the watched fds, reported as a status
     os.kill(bash, signal.SIGKILL)
     seen: list[Output] = []
@@ -332,10 +348,11 @@ def test_killed_shell_while_busy_and_while_idle(make: Any) -> None:
 
 def test_stop_leaves_no_process(make: Any) -> None:
     rt, d = make()
-    bash = int(d.run("echo $$")["content"])
+    bash = host_pid(rt, int(d.run("echo $$")["content"]))
     pids = [int(p) for p in d.run("sleep 1000 & echo $!; setsid sleep 1001 & echo $!")["content"].split()]
+    pids = [host_pid(rt, p) for p in pids]
     # a double-forked daemon in its own session, no longer a descendant of bash
-    daemon = int(d.run("setsid bash -c 'sleep 1002 & echo $!' </dev/null")["content"])
+    daemon = host_pid(rt, int(d.run("setsid bash -c 'sleep 1002 & echo $!' </dev/null")["content"]))
     for pid in (bash, *pids, daemon):
         assert psutil.pid_exists(pid)
     rt.begin({"id": 99, "action": "run", "args": {"command": "sleep 1003"}})  # stop while busy
@@ -353,11 +370,11 @@ def test_restart_restores_cwd(make: Any, tmp_path: Path) -> None:
     assert saved == {"cwd": "a/b"}
     rt.stop()
     _, d2 = make(state=saved)
-    assert d2.run("pwd; ls")["content"] == f"{(tmp_path / 'ws/a/b').resolve()}\nhere\n"
+    assert d2.run("pwd; ls")["content"] == f"{SEEN}/a/b\nhere\n"
     # a saved directory outside the workspace (or gone) is not restored
     for state in ({"cwd": "/tmp"}, {"cwd": "../.."}, {"cwd": "vanished"}):
         _, d3 = make(state=state)
-        assert d3.run("pwd")["content"] == f"{(tmp_path / 'ws').resolve()}\n"
+        assert d3.run("pwd")["content"] == f"{SEEN}\n"
 
 
 def test_start_failures(tmp_path: Path) -> None:
@@ -417,7 +434,7 @@ def _real_root() -> bool:
 def test_rlimit_nproc_not_enforced_for_root(make: Any) -> None:
     # The kernel exempts root (and CAP_SYS_RESOURCE/CAP_SYS_ADMIN) from RLIMIT_NPROC:
     # the limit is set (ulimit -u shows it) but forks beyond it succeed. See docs/runtimes.md.
-    _, d = make(rlimit_nproc=3)
+    _, d = make(rlimit_nproc=3, unsandboxed=True)  # in the sandbox the shell is not root
     obs = d.run("ulimit -u; for i in 1 2 3 4 5 6; do sleep 0.5 & done; jobs -p | wc -l; wait")
     assert obs["content"].split() == ["3", "6"]
 

@@ -44,10 +44,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from ..errors import RuntimeStartError
+from . import _procs
+from .sandbox import INSIDE_CTL, Sandbox
 
 __all__ = ["RLIMIT_OPTIONS", "OutputReader", "ShellProcess", "rlimits_from_options"]
 
@@ -164,58 +165,106 @@ class ShellProcess:
         env: dict[str, str],
         rlimits: list[tuple[int, int]],
         start_timeout: float = 5.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        """Start bash in ``cwd`` and wait (bounded) until it has run its init line."""
+        """Start bash in ``cwd`` and wait (bounded) until it has run its init line.
+
+        With a ``sandbox``, ``cwd`` is relative to the workspace and bash runs inside it:
+        ``proc`` is then bwrap (its exit status is bash's) and ``pid`` bash as the host sees it.
+        """
         self.tag = secrets.token_hex(8)
         env = {**env, _TAG_VAR: self.tag}  # finds setsid'd/orphaned descendants at kill time
+        self.sandbox = sandbox
         self._ctl_dir = tempfile.mkdtemp(prefix="sessionactors-shell-")
         self._cmd_file = os.path.join(self._ctl_dir, "command.sh")
+        self._cmd_seen = os.path.join(INSIDE_CTL, "command.sh") if sandbox else self._cmd_file
         self.pidfd = -1
         self._closed = False
+        argv = [shell, "--noprofile", "--norc", "--noediting", "-i", "+m"]
+        kwargs: dict[str, Any] = {"cwd": cwd}
         try:
+            if sandbox is not None:
+                argv, kwargs = sandbox.wrap(argv, cwd)
+                kwargs["cwd"] = "/"
+            errors = open(self._errors, "wb") if sandbox else None
             self.proc = subprocess.Popen(
-                [shell, "--noprofile", "--norc", "--noediting", "-i", "+m"],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 # The shell's own stderr carries prompts, "exit", the newline after a Ctrl-C and
                 # traces of the marker line: noise. Commands get stdout as stderr (`2>&1` below).
-                stderr=subprocess.DEVNULL,
-                cwd=cwd,
+                # bwrap's own errors are kept (a file, until bash's init line drops the rest).
+                stderr=subprocess.DEVNULL if errors is None else errors,
                 env=env,
                 start_new_session=True,  # own session and group: killpg reaches everything it starts
                 bufsize=0,
+                **kwargs,
             )
-        except (OSError, ValueError) as exc:  # ValueError: an environment value with a NUL
+            if errors is not None:
+                errors.close()
+        except (OSError, ValueError, RuntimeStartError) as exc:  # ValueError: a NUL in the env
+            if sandbox is not None:
+                sandbox.abort()
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
+            if isinstance(exc, RuntimeStartError):
+                raise
             raise RuntimeStartError(
                 f"cannot start shell {shell!r}: {getattr(exc, 'strerror', None) or exc}"
             ) from None
-        self.pid = self.proc.pid
+        self.pid = self.pgid = self.proc.pid
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.fd = self.proc.stdout.fileno()
         os.set_blocking(self.fd, False)
         # prlimit after the fact instead of preexec_fn (unsafe in threaded processes): bash runs
         # nothing of the user's before the init line below, so every command inherits the limits.
         try:
-            for res, value in rlimits:
-                _soft, hard = resource.prlimit(self.pid, res)
-                value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-                resource.prlimit(self.pid, res, (value, value))
             with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3
-                self.pidfd = os.pidfd_open(self.pid)
+                self.pidfd = os.pidfd_open(self.proc.pid)
+            if sandbox is not None:
+                sandbox.started(self.proc, start_timeout)
+            else:
+                self._limit(rlimits)
             nonce = secrets.token_hex(8)
             # The trap removes the command file's directory when bash exits on its own: at EOF
             # on stdin, which is what it sees when its session actor was killed (no close()).
-            init = (
-                "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history; "
-                f"trap {shlex.quote('rm -rf -- ' + shlex.quote(self._ctl_dir))} EXIT\n"
-            )
+            # In a sandbox that directory is read-only and bash's stderr has served its purpose.
+            init = "PS1=; PS2=; PS0=; unset PROMPT_COMMAND HISTFILE; set +H +m +o history; "
+            if sandbox is None:
+                init += f"trap {shlex.quote('rm -rf -- ' + shlex.quote(self._ctl_dir))} EXIT\n"
+            else:  # the limits set by bash itself (prlimit from outside is refused, EPERM)
+                init += "exec 2>/dev/null; " + _ulimits(rlimits) + "\n"
             self._write(init.encode() + self._marker_line(nonce))
             self._wait_ready(OutputReader(nonce, None), start_timeout)
+            if sandbox is not None:
+                # bwrap's init made the new session: the shell is in its group, and SIGINT
+                # to that group spares init (a namespace's init ignores default-action signals).
+                self.pid, self.pgid = sandbox.shell_pid(), sandbox.init_pid
+                sandbox.confirm(self.pid)
+                self._cmd_file = f"/proc/{self.pid}/root{self._cmd_seen}"  # in its own tmpfs
+                shutil.rmtree(self._ctl_dir, ignore_errors=True)  # held bwrap's errors: done
         except (OSError, RuntimeStartError) as exc:
+            said = self._bwrap_errors()
             self.close(grace=0)
             why = str(exc) if isinstance(exc, RuntimeStartError) else f"cannot start shell {shell!r}: {exc}"
-            raise RuntimeStartError(why) from None
+            raise RuntimeStartError(f"{why}: {said}" if said else why) from None
+
+    def _limit(self, rlimits: list[tuple[int, int]]) -> None:
+        for res, value in rlimits:
+            _soft, hard = resource.prlimit(self.pid, res)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.prlimit(self.pid, res, (value, value))
+
+    @property
+    def _errors(self) -> str:
+        return os.path.join(self._ctl_dir, "stderr")
+
+    def _bwrap_errors(self) -> str:
+        """What bwrap printed when it failed (the sandbox only)."""
+        if self.sandbox is None:
+            return ""
+        with contextlib.suppress(OSError), open(self._errors, "rb") as fh:
+            return fh.read()[-500:].decode(errors="replace").strip()
+        return ""
 
     def _wait_ready(self, reader: OutputReader, timeout: float) -> None:
         # A bounded wait (bash is ready within milliseconds) so that a broken shell
@@ -251,7 +300,7 @@ class ShellProcess:
         nonce = secrets.token_hex(8)
         with open(self._cmd_file, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(command if command.endswith("\n") else command + "\n")
-        line = f". {shlex.quote(self._cmd_file)} </dev/null 2>&1\n".encode()
+        line = f". {shlex.quote(self._cmd_seen)} </dev/null 2>&1\n".encode()
         self._write(line + self._marker_line(nonce))
         return nonce
 
@@ -267,7 +316,7 @@ class ShellProcess:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return b"".join(chunks), False
+                return b"".join(chunks), not chunks and self._output_moved()
             except OSError:
                 return b"".join(chunks), True
             if not data:
@@ -275,6 +324,16 @@ class ShellProcess:
             chunks.append(data)
             size += len(data)
         return b"".join(chunks), False
+
+    def _output_moved(self) -> bool:
+        """In a sandbox, bwrap holds the pipe open too: `exec >/dev/null` gives no EOF, so
+        look whether the shell's stdout is still our pipe."""
+        if self.sandbox is None or self.pid == self.proc.pid:
+            return False
+        try:
+            return os.readlink(f"/proc/{self.pid}/fd/1") != f"pipe:[{os.fstat(self.fd).st_ino}]"
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -286,19 +345,21 @@ class ShellProcess:
         return None if rc is None else (128 - rc if rc < 0 else rc)
 
     def children(self) -> set[int]:
-        """Pids of the shell's direct children (a cheap snapshot taken before each command)."""
-        return set(_children(self.pid))
+        """Pids of the shell's direct children, and in a sandbox the orphans its init adopted
+        (a cheap snapshot taken before each command)."""
+        kids = set(_procs.children(self.pid))
+        return kids | self.sandbox.orphans(self.pid) if self.sandbox is not None else kids
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the shell's process group (the shell and its foreground command)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGINT)
+            os.killpg(self.pgid, signal.SIGINT)
 
     def kill_new(self, before: set[int]) -> int:
         """SIGKILL the process trees of children started since ``before``; return how many."""
-        roots = [pid for pid in _children(self.pid) if pid not in before]
-        victims = _descendants(roots)
-        _signal_all(victims, signal.SIGKILL)
+        roots = [pid for pid in self.children() if pid not in before]
+        victims = _procs.descendants(roots)
+        _procs.signal_all(victims, signal.SIGKILL)
         return len(victims)
 
     def close(self, grace: float = 0.5) -> None:
@@ -307,20 +368,24 @@ class ShellProcess:
             return
         self._closed = True
         victims = self._everything()
-        _signal_all(victims - {self.pid}, signal.SIGTERM)
+        _procs.signal_all(victims - {self.pid}, signal.SIGTERM)
         if self.proc.returncode is None:  # once reaped, its pid may belong to someone else
             # An interactive bash ignores SIGTERM; SIGHUP makes it exit (and hang up its jobs).
-            _signal_all({self.pid}, signal.SIGHUP)
+            _procs.signal_all({self.pid}, signal.SIGHUP)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
-        victims = {pid for pid in victims | self._everything() if _exists(pid)}
-        _signal_all(victims, signal.SIGKILL)
+        victims = {pid for pid in victims | self._everything() if _procs.exists(pid)}
+        _procs.signal_all(victims, signal.SIGKILL)
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)  # also whatever forked since the scan
+                os.killpg(self.pgid, signal.SIGKILL)  # also whatever forked since the scan
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2)  # SIGKILLed: bounded and short
-        _wait_gone(victims, 1.0)
+        if self.sandbox is not None:
+            self.sandbox.close()  # its init: the kernel kills whatever is left in the namespace
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
+        _procs.wait_gone(victims, 1.0)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         for fh in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
@@ -334,10 +399,10 @@ class ShellProcess:
         """Every live process this shell started: its session, its group, their
         descendants, and anything carrying its environment tag (setsid'd daemons)."""
         tag = f"{_TAG_VAR}={self.tag}".encode()
-        stats = _all_stats()
+        stats = _procs.all_stats()
         # The kernel does not reuse a pid while it names a live group or session, so
         # matching on them is safe even after bash itself was reaped; bash's own pid is not.
-        found = {pid for pid, (_ppid, pgrp, sid) in stats.items() if self.pid in (pgrp, sid)}
+        found = {pid for pid, (_ppid, pgrp, sid) in stats.items() if self.pgid in (pgrp, sid)}
         if self.proc.returncode is None:
             found.add(self.pid)
         else:
@@ -360,71 +425,23 @@ class ShellProcess:
         return found
 
 
+_ULIMIT_FLAGS = {resource.RLIMIT_CPU: ("t", 1), resource.RLIMIT_AS: ("v", 1024)}
+_ULIMIT_FLAGS.update({resource.RLIMIT_NPROC: ("u", 1), resource.RLIMIT_FSIZE: ("f", 1024)})
+
+
+def _ulimits(rlimits: list[tuple[int, int]]) -> str:
+    """``ulimit`` commands setting ``rlimits`` (soft and hard); a limit the shell cannot
+    raise stays at its lower hard value."""
+    parts = []
+    for res, value in rlimits:
+        flag, unit = _ULIMIT_FLAGS[res]
+        parts.append(f"ulimit -SH -{flag} {max(1, value // unit)} 2>/dev/null;")
+    return " ".join(parts)
+
+
 def _prefix_overlap(data: bytearray, marker: bytes) -> int:
     """Length of the longest tail of ``data`` that is a proper prefix of ``marker``."""
     for k in range(min(len(data), len(marker) - 1), 0, -1):
         if data.endswith(marker[:k]):
             return k
     return 0
-
-
-# -- /proc helpers (Linux) -------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, int, int, str] | None:
-    """(ppid, pgrp, session, state) of a process, None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()  # the command name may contain spaces and ')'
-    return int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()
-
-
-def _all_stats() -> dict[int, tuple[int, int, int]]:
-    stats = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _stat(int(name))
-            if st is not None and st[3] != "Z":
-                stats[int(name)] = st[:3]
-    return stats
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:  # kernel without CONFIG_PROC_CHILDREN: scan
-        return [p for p, (ppid, _g, _s) in _all_stats().items() if ppid == pid]
-
-
-def _descendants(roots: Iterable[int]) -> set[int]:
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(_children(pid))
-    return found
-
-
-def _exists(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[3] != "Z"  # a zombie is dead, only not yet reaped by its parent
-
-
-def _signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: set[int], timeout: float) -> None:
-    # Killed processes that are not our children vanish asynchronously; wait (bounded)
-    # so that "stop() returned" means "nothing of the session runs".
-    end = time.monotonic() + timeout
-    while any(_exists(pid) for pid in pids) and time.monotonic() < end:
-        time.sleep(0.01)

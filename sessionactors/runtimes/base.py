@@ -341,6 +341,7 @@ def load_runtime(name: str) -> type[Runtime]:
 _BUILTINS = {
     "echo": "sessionactors.runtimes.echo:EchoRuntime",
     "local": "sessionactors.runtimes.local:LocalRuntime",
+    "local-unsandboxed": "sessionactors.runtimes.local:LocalUnsandboxedRuntime",
 }
 
 

@@ -22,9 +22,13 @@ command with an observation and a ``STATUS$RUNTIME_RESTARTED`` status; the
 next command starts a fresh shell in the last known directory.
 
 ``read``/``write`` are synchronous, relative to the workspace, and never leave
-it (symlinks included). This is not a security boundary: the shell runs with
-the daemon's uid, limited only by rlimits (see docs/runtimes.md for the
-options and the RLIMIT_NPROC caveat).
+it (symlinks included).
+
+The shell runs in a ``Sandbox`` (``sandbox.py``; docs/security.md, "Session sandbox"):
+its own namespaces, an unprivileged uid, the workspace at ``/workspace``, cgroup limits.
+A command that hits a limit ends with ``exit_code`` 137 and a ``[killed: ... limit ...]``
+line. ``local-unsandboxed`` is the explicit opt-out: the shell then runs with the
+daemon's uid, limited only by rlimits, and that is not a security boundary.
 """
 
 from __future__ import annotations
@@ -32,19 +36,22 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import stat
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ActionError, PathEscape, RuntimeStartError
-from ._files import open_beneath
+from ..errors import ActionError, ConfigError, RuntimeStartError
+from ._localfiles import LocalFiles
 from ._shell import OutputReader, ShellProcess, rlimits_from_options
-from .base import Output, Runtime, RuntimeContext, Status, error_observation, observation
+from .base import Output, RuntimeContext, Status, error_observation, observation
+from .sandbox import INSIDE_WORKSPACE, SANDBOX_PATH, SandboxSettings, preflight
 
-__all__ = ["LocalRuntime"]
+__all__ = ["LocalRuntime", "LocalUnsandboxedRuntime"]
 
 _LIVENESS_INTERVAL = 1.0  # without a pidfd, how often a busy runtime checks that bash lives
+_LIMITS_INTERVAL = 0.5  # how often a running command's sandbox is checked for a limit hit
+_LIMIT_KILL_DELAY = 0.2  # from the Ctrl-C of a command over a limit to the SIGKILL stage
 
 
 @dataclass
@@ -102,12 +109,22 @@ class _Command:
     stage_at: float | None = None  # when to move to the next stage
     timed_out: bool = False
     interrupted: bool = False  # by change_agent_state (stopped/paused), not by its timeout
+    killed: str | None = None  # the sandbox limit that stopped it ("killed: memory limit ...")
+    check_at: float | None = None  # when to check the sandbox's limits next
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(LocalFiles):
     """A persistent bash per session; see the module docstring for the behaviour."""
 
     name = "local"
+    sandboxed = True
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[str]:
+        """Before the daemon starts: RuntimeStartError/ConfigError when sessions cannot be
+        sandboxed here (naming the package and the setting); warnings to log otherwise."""
+        _Options.parse(options)
+        return preflight(SandboxSettings.parse(options))
 
     def __init__(self, ctx: RuntimeContext) -> None:
         super().__init__(ctx)
@@ -121,6 +138,13 @@ class LocalRuntime(Runtime):
             self._opts = _Options.parse(ctx.options)
         except ValueError as exc:  # reported by start(), where a refusal has a wire answer (503)
             self._opts, self._option_error = _Options(), str(exc)
+        self._sandbox: SandboxSettings | None = None
+        if self.sandboxed:
+            try:
+                self._sandbox = SandboxSettings.parse(ctx.options)
+            except ConfigError as exc:
+                self._option_error = str(exc)
+        self._root_seen = INSIDE_WORKSPACE if self.sandboxed else self._workspace  # the shell's view
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -135,6 +159,13 @@ class LocalRuntime(Runtime):
         except OSError as exc:
             raise RuntimeStartError(f"cannot create the workspace: {exc}") from None
         self._workspace = os.path.realpath(self.ctx.workspace)
+        if not self.sandboxed:
+            self._root_seen = self._workspace
+        elif (sandbox := self._new_sandbox()) is not None:
+            try:
+                sandbox.own_workspace()
+            except OSError as exc:
+                raise RuntimeStartError(f"cannot give the workspace to the sandbox: {exc}") from None
         if self._shell is None or not self._shell.alive():
             self._spawn()
         return [Status("STATUS$RUNTIME_STARTED", f"Runtime started: {self._opts.shell} in the workspace")]
@@ -144,9 +175,10 @@ class LocalRuntime(Runtime):
         cwd = os.path.realpath(os.path.join(self._workspace, self._cwd))
         if not (self._inside(cwd) and os.path.isdir(cwd)):
             cwd = self._workspace
+        sandbox = self._new_sandbox()
         env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": self._workspace,
+            "PATH": SANDBOX_PATH if sandbox else os.environ.get("PATH", os.defpath),
+            "HOME": self._root_seen,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TERM": "dumb",
             "PAGER": "cat",
@@ -156,9 +188,25 @@ class LocalRuntime(Runtime):
         }
         # Only an allow-list of the daemon's environment: its secrets stay out of the sandbox.
         env.update({k: os.environ[k] for k in ("USER", "LOGNAME", "LC_ALL", "TZ") if k in os.environ})
+        if sandbox is not None:
+            env.update(USER="user", LOGNAME="user")
         env.update(self._opts.env)
-        self._shell = ShellProcess(self._opts.shell, cwd, env, self._opts.rlimits, self._opts.start_timeout)
-        self._cwd = os.path.relpath(cwd, self._workspace)
+        rel = os.path.relpath(cwd, self._workspace)
+        self._shell = ShellProcess(
+            self._opts.shell, rel if sandbox else cwd, env, self._rlimits(), self._opts.start_timeout, sandbox
+        )
+        self._cwd = rel
+
+    def _rlimits(self) -> list[tuple[int, int]]:
+        """The rlimits; in a sandbox one file can never be larger than the workspace cap."""
+        cap = self._sandbox.workspace_limit_mb if self._sandbox else None
+        if not cap:
+            return self._opts.rlimits
+        fsize = [(r, v) for r, v in self._opts.rlimits if r == resource.RLIMIT_FSIZE]
+        limit = min([cap * 1024**2, *(v for _r, v in fsize)])
+        return [(r, v) for r, v in self._opts.rlimits if r != resource.RLIMIT_FSIZE] + [
+            (resource.RLIMIT_FSIZE, limit)
+        ]
 
     def state(self) -> dict[str, Any]:
         return {"cwd": self._cwd}
@@ -216,6 +264,8 @@ class LocalRuntime(Runtime):
                 self._spawn()
             assert self._shell is not None
             self._shell.read()  # drop what background jobs wrote since the last command ended
+            if self._shell.sandbox is not None:
+                self._shell.sandbox.limit_hit(workspace=False)  # count hits from here on only
             before = self._shell.children()
             nonce = self._shell.send(command)
         except (RuntimeStartError, OSError) as exc:
@@ -234,6 +284,7 @@ class LocalRuntime(Runtime):
             before=before,
             last_flush=now,
             stage_at=now + timeout if timeout else None,
+            check_at=now + _LIMITS_INTERVAL if self._sandbox else None,
         )
         return out
 
@@ -246,7 +297,7 @@ class LocalRuntime(Runtime):
         cmd = self._cmd
         if cmd is None or self._shell is None:
             return None
-        times = [t for t in (cmd.stage_at, cmd.flush_at) if t is not None]
+        times = [t for t in (cmd.stage_at, cmd.flush_at, cmd.check_at) if t is not None]
         if self._shell.pidfd < 0:
             times.append(time.monotonic() + _LIVENESS_INTERVAL)
         return min(times) if times else None
@@ -265,6 +316,9 @@ class LocalRuntime(Runtime):
             return self._bury_shell()
         now = time.monotonic()
         out: list[Output] = []
+        if cmd.check_at is not None and now >= cmd.check_at:
+            self._check_limits(cmd, shell)
+            cmd.check_at = now + _LIMITS_INTERVAL
         if cmd.stage_at is not None and now >= cmd.stage_at:
             out += self._escalate(cmd, now)
         if self._cmd is cmd and self._opts.stream_interval and cmd.reader.has_text:
@@ -296,6 +350,8 @@ class LocalRuntime(Runtime):
             self._shell.interrupt()
             cmd.stage, cmd.stage_at = 1, now + grace
         elif cmd.stage == 1:
+            if cmd.killed and "process limit" in cmd.killed and self._shell.sandbox is not None:
+                self._shell.sandbox.kill_all_but({self._shell.pid})  # a fork bomb's orphans too
             self._shell.kill_new(cmd.before)
             cmd.stage, cmd.stage_at = 2, now + max(grace, 1.0)
         else:  # the shell itself is stuck (e.g. a builtin loop under `trap '' INT`)
@@ -305,12 +361,17 @@ class LocalRuntime(Runtime):
     def _finish(self, cmd: _Command) -> list[Output]:
         self._cmd = None
         reader = cmd.reader
+        if self._shell is not None:  # 153: SIGXFSZ, a file as large as the workspace cap
+            self._check_limits(cmd, self._shell, final=reader.exit_code == 153)
         if reader.cwd:  # empty after `unset PWD`: keep the last known one
             self._cwd = self._relative(reader.cwd)
         extras: dict[str, Any] = {"command": cmd.command, "exit_code": reader.exit_code}
         text = reader.finish()
         if cmd.interrupted:
             extras["interrupted"] = True
+        if cmd.killed:
+            extras["exit_code"] = 137
+            text += self._note(reader, text, cmd.killed)
         if cmd.timed_out:
             extras["timed_out"] = True
             text += self._note(reader, text, f"command timed out after {cmd.timeout:g} s")
@@ -352,65 +413,38 @@ class LocalRuntime(Runtime):
         )
         return out
 
+    def _check_limits(self, cmd: _Command, shell: ShellProcess, final: bool | None = None) -> None:
+        """Did the sandbox hit a limit? Then name it, and stop what the limit does not stop
+        itself: a fork bomb's processes (all but the shell), a disk filler (the command)."""
+        sandbox = shell.sandbox
+        if sandbox is None or cmd.killed:
+            return
+        hit = sandbox.limit_hit(workspace=final is None, file_size=bool(final))
+        cmd.killed = hit
+        if hit is not None and final is None and cmd.stage == 0:
+            # Still running: a Ctrl-C now (the shell abandons the command line, which a
+            # SIGKILL of its child would not make it do), the SIGKILL stage shortly after.
+            shell.interrupt()
+            cmd.stage, cmd.stage_at = 1, time.monotonic() + _LIMIT_KILL_DELAY
+
     @staticmethod
     def _note(reader: OutputReader, text: str, note: str) -> str:
         """``[note]`` on a line of its own after the output handed out so far."""
         ends = text.endswith("\n") if text else reader.ends_with_newline
         return ("" if ends else "\n") + f"[{note}]\n"
 
-    # -- files -------------------------------------------------------------------------
-    def _inside(self, real: str) -> bool:
-        return real == self._workspace or real.startswith(self._workspace.rstrip(os.sep) + os.sep)
 
-    def _relative(self, real: str) -> str:
-        return os.path.relpath(real, self._workspace) if self._inside(real) else real
+class LocalUnsandboxedRuntime(LocalRuntime):
+    """The explicit opt-out: the local runtime without its sandbox (the daemon's uid and
+    view of the host, rlimits only). Not a security boundary; the daemon warns at start."""
 
-    def _resolve(self, path: Any) -> str:
-        """``path`` resolved (symlinks too) relative to the workspace; PathEscape if it leaves it."""
-        if not isinstance(path, str) or not path or "\0" in path:
-            raise ActionError("'path' must be a non-empty string")
-        if os.path.isabs(path):
-            raise PathEscape(f"path {path!r} is absolute; paths are relative to the workspace")
-        real = os.path.realpath(os.path.join(self._workspace, path))
-        if not self._inside(real):
-            raise PathEscape(f"path {path!r} is outside the workspace")
-        return os.path.relpath(real, self._workspace)
+    name = "local-unsandboxed"
+    sandboxed = False
 
-    def _read(self, path: str, cause: int) -> Output:
-        limit = self._opts.max_file_size
-        try:
-            fd = open_beneath(self._workspace, self._resolve(path), os.O_RDONLY)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                return error_observation(f"{path} is not a regular file", cause)
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(limit + 1)
-        except ActionError as exc:  # the path changed meaning since validate()
-            return error_observation(str(exc), cause)
-        except FileNotFoundError:
-            return error_observation(f"No such file: {path}", cause)
-        except OSError as exc:
-            return error_observation(f"Cannot read {path}: {exc.strerror or exc}", cause)
-        if len(data) > limit:
-            return error_observation(f"{path} is larger than the {limit} byte limit for read", cause)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return error_observation(
-                f"{path} is a binary file (not valid UTF-8); read returns text only", cause
-            )
-        return observation("read", text, cause, {"path": path}, f"Read {path}")
-
-    def _write(self, path: str, content: str, cause: int) -> Output:
-        try:
-            fd = open_beneath(self._workspace, self._resolve(path), os.O_WRONLY | os.O_CREAT, make_dirs=True)
-            with os.fdopen(fd, "wb") as fh:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return error_observation(f"{path} is not a regular file", cause)
-                fh.truncate(0)  # only now: never truncate something that is not a regular file
-                fh.write(content.encode("utf-8"))
-        except ActionError as exc:
-            return error_observation(str(exc), cause)
-        except OSError as exc:
-            return error_observation(f"Cannot write {path}: {exc.strerror or exc}", cause)
-        return observation("write", "", cause, {"path": path}, f"Wrote {path}")
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[str]:
+        _Options.parse(options)
+        return [
+            'runtime = "local-unsandboxed": session shells run with the daemon\'s uid and see the '
+            "whole host (its secret, every workspace, its ports); this is not a security boundary"
+        ]
