@@ -170,7 +170,8 @@ class Daemon(SupervisorRecovery):
         try:
             open_store(self.cfg.data_dir, **self.cfg.store_options).close()
         except StoreError as exc:
-            raise DaemonError(f"cannot open the store: {exc}") from exc
+            # The PostgreSQL store's errors already say what could not be reached.
+            raise DaemonError(str(exc) if self.cfg.store_url else f"cannot open the store: {exc}") from None
 
     def _check_leftovers(self) -> None:
         """Refuse to join, or reclaim, an actor system a crashed daemon left behind."""

@@ -32,7 +32,7 @@ def test_defaults_are_the_embedded_single_node(tmp_path: Path) -> None:
     assert (cfg.store_url, cfg.redis_url, cfg.cluster_leader) == (None, None, None)
     assert cfg.node_name == socket.gethostname()
     assert (cfg.lease_ttl, cfg.lease_renew) == (45.0, 15.0)  # OpenHands V1's lease timing
-    assert cfg.store_options == {"fsync": "full", "url": None}
+    assert cfg.store_options == {"fsync": "full", "url": None, "quota_bytes": 1 << 30}
     store = open_store(cfg.data_dir, **cfg.store_options)
     try:
         assert isinstance(store, SQLiteStore)
@@ -59,12 +59,14 @@ def test_a_bad_store_url_is_refused_naming_the_key(tmp_path: Path, url: str, pro
 def test_store_url_selects_postgres_with_this_nodes_leases(tmp_path: Path, pg_url: str) -> None:
     cfg = env_config(tmp_path, store_url=pg_url, node_name="edge-1.example", lease_ttl="9", lease_renew="3")
     assert cfg.store_options == {
-        "fsync": "full", "url": pg_url, "node": "edge-1.example", "lease_ttl": 9.0, "lease_renew": 3.0,
+        "fsync": "full", "url": pg_url, "quota_bytes": 1 << 30,
+        "node": "edge-1.example", "lease_ttl": 9.0, "lease_renew": 3.0,
     }  # fmt: skip
     store = open_store(cfg.data_dir, **cfg.store_options)
     try:
         assert isinstance(store, PostgresStore)
         assert (store.node, store.lease_ttl, store.lease_renew) == ("edge-1.example", 9.0, 3.0)
+        assert store.quota_bytes == 1 << 30  # session_quota_bytes holds on PostgreSQL too
     finally:
         store.close()
     assert Config.from_json(cfg.to_json()) == cfg  # reaches the supervisor and the gateway
