@@ -34,6 +34,7 @@ from thespian.actors import (  # type: ignore[import-untyped]
 
 from ..actorsystem import pid_alive
 from ..bridge import CallbackOutbox, LinkOutbox, Outbox
+from ..cluster.member import ClusterMember
 from ..config import Config
 from ..errors import StoreError
 from ..messages import (
@@ -73,7 +74,7 @@ SUPERVISOR_NAME = "sessionactors-supervisor"
 AT_CAPACITY = "The server is at capacity; try again later"
 
 
-class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # type: ignore[misc]
+class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, ClusterMember, Actor):  # type: ignore[misc]
     """Routes connections to sessions, restarts crashed sessions, knows which exist."""
 
     def __init__(self) -> None:
@@ -152,6 +153,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self.gateway_stopping = True
             self.send(sender, msg)
         elif isinstance(msg, ActorExitRequest):
+            self._leave_cluster()
             if self.store is not None:
                 self.store.close()
         if self.creating:
@@ -188,6 +190,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
         reconciled = self.store.reconcile_live_sessions()  # type: ignore[attr-defined]
         if reconciled:
             log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
+        self._join_cluster()  # the node registry (cluster/nodes.py), with store_url only
         if msg.bridge_path:
             self.outbox = LinkOutbox(
                 msg.bridge_path, {"t": "hello", "role": "supervisor"}, on_lost=self._on_link_lost
@@ -246,6 +249,10 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
     def _on_init(self, msg: Init) -> None:
         assert self.cfg is not None and self.store is not None
         conn = msg.conn_id
+        refusal = self._cluster_refusal()  # draining, or cut off from the shared store
+        if refusal is not None:
+            self._answer(conn, [error_frame(refusal, 503)])
+            return
         if msg.session_id is None:
             if self._at_capacity():
                 self._answer(conn, [error_frame(AT_CAPACITY, 503)])
@@ -413,7 +420,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             return
         why = "The session could not be started; try again later"
         if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
-            why = "This session is live on another node; try again later"
+            why = self._live_elsewhere(details)
         self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, 503)])
         entry.state = "passivating"
         self.send(entry.address, ActorExitRequest())
@@ -429,6 +436,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, Actor):  # 
             self._sweep_retention()
         elif payload == CHECK:
             self._check_alive()
+            self._cluster_check()
             self.wakeupAfter(CHECK_PERIOD, payload=CHECK)
         elif payload == SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")

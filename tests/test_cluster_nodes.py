@@ -1,0 +1,204 @@
+"""The node registry on a real PostgreSQL 15: heartbeats, a dead node's sessions taken over
+at once, self-fencing in the database, and ``sessionactors nodes`` on real daemons.
+
+Store level first (handles as nodes, a ``NodeHeart`` each), then daemons on loopback
+(127.0.0.1 and 127.0.0.2, their own ports and data dirs) sharing one database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sessionactors.cluster.nodes import NodeHeart, list_nodes
+from sessionactors.errors import LeaseLost
+from sessionactors.store.postgres import PostgresStore
+
+from .daemon_harness import Client, DaemonProcess, wait_for
+
+
+def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as db:
+        cur = db.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+def msg(text: str) -> dict[str, Any]:
+    return {"action": "message", "args": {"content": text}}
+
+
+class Node(DaemonProcess):
+    """A daemon whose gateway listens on ``host`` (a loopback address of its own)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options['host']}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.options['host']}:{self.port}"
+
+    def pids(self) -> set[int]:
+        self.remember_pids()
+        return set(self.known_pids)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[Any]:
+    """``cluster(name, host, **options)`` starts a node on the shared database; all are
+    stopped at teardown and none may leave a process behind."""
+    started: list[Node] = []
+
+    def make(name: str, host: str, **options: Any) -> Node:
+        options = {"close_delay": 30.0, "heartbeat_interval": 0.5, **options}
+        node = Node(tmp_path / name, host=host, store_url=pg_url, node_name=name, **options)
+        started.append(node)
+        node.start()
+        return node
+
+    yield make
+    left = [pid for node in reversed(started) for pid in node.stop()]
+    assert not left, f"processes left behind: {left}"
+
+
+def cli(pg_url: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONACTORS_")}
+    env["SESSIONACTORS_STORE_URL"] = pg_url
+    return subprocess.run(
+        [sys.executable, "-m", "sessionactors.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def nodes_json(pg_url: str) -> dict[str, dict[str, Any]]:
+    done = cli(pg_url, "nodes", "--json")
+    assert done.returncode == 0, done.stderr
+    return {row["node"]: row for row in map(json.loads, done.stdout.splitlines())}
+
+
+# -- store level ----------------------------------------------------------------------------
+def test_a_dead_nodes_lease_is_taken_at_once_and_its_writes_are_refused(pg_url: str) -> None:
+    a = PostgresStore(pg_url, node="node-a")  # lease_ttl 45 s: only the heartbeat can free it
+    b = PostgresStore(pg_url, node="node-b")
+    heart = NodeHeart(pg_url, "node-a", "127.0.0.1:1", interval=0.1, timeout=1.0)
+    try:
+        heart.register()
+        heart.start()
+        a.append("s", [{"id": 0, "message": "a's"}])
+        with pytest.raises(LeaseLost, match="owned by node 'node-a'"):
+            b.acquire_lease("s")  # heartbeating: alive, its lease stands
+        assert [n.shown_state for n in list_nodes(pg_url)] == ["live"]
+        heart.stop(leave=False)  # as if killed: no more heartbeats, no 'left'
+        wait_for(lambda: heart.fenced, 10, "node-a to fence itself")
+        wait_for(lambda: list_nodes(pg_url)[0].shown_state == "dead", 10, "node-a dead for everyone")
+        # Long before the 45 s TTL: the database refuses the dead node's write ...
+        with pytest.raises(LeaseLost, match="missed its heartbeats"):
+            a.append("s", [{"id": 1, "message": "stale"}])
+        # ... and another node takes the session over, epoch + 1.
+        assert b.acquire_lease("s") == 2
+        b.append("s", [{"id": 1, "message": "b's"}])
+        assert [e["message"] for e in b.read("s")] == ["a's", "b's"]
+        assert b.lease_node("s") == "node-b"
+    finally:
+        heart.stop(leave=False)
+        a.close()
+        b.close()
+
+
+def test_an_unregistered_holder_keeps_the_ttl_rule(pg_url: str) -> None:
+    """A handle with no registry row (no heartbeat ever) is not presumed dead."""
+    a = PostgresStore(pg_url, node="node-a")
+    b = PostgresStore(pg_url, node="node-b")
+    try:
+        a.append("s", [{"id": 0}])
+        with pytest.raises(LeaseLost):
+            b.acquire_lease("s")
+        a.append("s", [{"id": 1}])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_heart_that_loses_the_database_fences_and_recovers(pg_url: str) -> None:
+    PostgresStore(pg_url, node="x").close()  # the schema
+    heart = NodeHeart(pg_url, "node-a", "127.0.0.1:1", interval=0.1, timeout=1.0)
+    try:
+        heart.register()
+        heart.start()
+        wait_for(lambda: heart.peers, 10, "a first heartbeat")
+        assert not heart.fenced
+        heart.url = "postgresql://nobody@127.0.0.1:1/none"  # the database is gone for it
+        rows(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        wait_for(lambda: heart.fenced, 10, "self-fencing after node_timeout")
+        heart.url = pg_url
+        wait_for(lambda: not heart.fenced, 10, "heartbeats to resume")
+        assert list_nodes(pg_url)[0].shown_state == "live"
+    finally:
+        heart.stop()
+    assert list_nodes(pg_url)[0].state == "left"
+
+
+# -- daemons ----------------------------------------------------------------------------------
+def test_nodes_lists_every_daemon_with_state_load_and_heartbeat(cluster: Any, pg_url: str) -> None:
+    one = cluster("node-a", "127.0.0.1")
+    two = cluster("node-b", "127.0.0.2")
+    found = nodes_json(pg_url)
+    assert {n: (r["state"], r["address"]) for n, r in found.items()} == {
+        "node-a": ("live", one.address),
+        "node-b": ("live", two.address),
+    }
+    assert all(r["heartbeat_age"] < 5 for r in found.values())
+    tab = Client(one.url)
+    try:
+        tab.init()
+        tab.send(msg("hi"))
+        tab.wait_events(1)
+        wait_for(lambda: nodes_json(pg_url)["node-a"]["load"] == 1, 30, "node-a's load to show its session")
+        assert nodes_json(pg_url)["node-b"]["load"] == 0
+        table = cli(pg_url, "nodes").stdout.splitlines()
+        assert table[0].split()[:4] == ["NODE", "STATE", "LOAD", "HEARTBEAT"]
+        assert table[1].split()[:3] == ["node-a", "live", "1"] and two.address in table[2]
+    finally:
+        tab.close()
+    assert two.stop() == []
+    assert nodes_json(pg_url)["node-b"]["state"] == "left"  # a clean stop leaves
+
+
+def test_nodes_and_drain_need_a_shared_store(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONACTORS_")}
+    for argv in (["nodes"], ["drain", "x"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sessionactors.cli", *argv, "--data-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and "need store_url" in done.stderr, done.stderr
+
+
+def test_drain_refuses_unknown_and_dead_nodes(pg_url: str) -> None:
+    PostgresStore(pg_url, node="x").close()  # the schema
+    done = cli(pg_url, "drain", "node-z")
+    assert done.returncode == 1 and "no node 'node-z' is registered" in done.stderr
+    heart = NodeHeart(pg_url, "node-y", "127.0.0.1:1", interval=0.1, timeout=0.5)
+    heart.register()
+    wait_for(lambda: list_nodes(pg_url)[0].shown_state == "dead", 10, "node-y dead")
+    done = cli(pg_url, "drain", "node-y")
+    assert done.returncode == 1 and "node 'node-y' is dead" in done.stderr
+    heart.stop()
