@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+
+from bench.targets import free_port
 
 from .daemon_harness import DaemonProcess
 
@@ -51,8 +56,8 @@ def cluster_fixture(tmp_path: Path, pg_url: str) -> Iterator[Any]:
     started: list[Node] = []
 
     def make(name: str, host: str, **options: Any) -> Node:
-        options = {"close_delay": 30.0, "heartbeat_interval": 0.5, **options}
-        node = Node(tmp_path / name, host=host, store_url=pg_url, node_name=name, **options)
+        options = {"close_delay": 30.0, "heartbeat_interval": 0.5, "store_url": pg_url, **options}
+        node = Node(tmp_path / name, host=host, node_name=name, **options)
         started.append(node)
         node.start()
         return node
@@ -78,3 +83,97 @@ def nodes_json(pg_url: str) -> dict[str, dict[str, Any]]:
     done = cli(pg_url, "nodes", "--json")
     assert done.returncode == 0, done.stderr
     return {row["node"]: row for row in map(json.loads, done.stdout.splitlines())}
+
+
+class TcpCut:
+    """A TCP relay on loopback in front of the database, that the test can cut (every
+    connection closed, new ones refused: the node has lost the store) and restore."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.socks: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def url(self, url: str) -> str:
+        """``url`` (the database's) through this relay."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.port}"
+        return parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host).geturl()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            if self.listener is not listener:  # accepted while being cut: refused
+                client.close()
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self.lock:
+            listener, self.listener = self.listener, None
+            socks, self.socks = self.socks, []
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            except OSError:
+                pass
+            listener.close()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.cut()
+
+
+@pytest.fixture(name="relay")
+def relay_fixture(pg_url: str) -> Iterator[TcpCut]:
+    """A ``TcpCut`` in front of the test's database; ask for it before ``cluster`` so that
+    it outlives the nodes (they stop with their store reachable)."""
+    parts = urlsplit(pg_url)
+    relay = TcpCut(parts.hostname or "127.0.0.1", parts.port or 5432)
+    yield relay
+    relay.close()

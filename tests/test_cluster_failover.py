@@ -12,7 +12,7 @@ from typing import Any
 
 from sessionactors.daemon import pid_alive
 
-from .cluster_harness import cli, cluster_fixture, msg, nodes_json, rows  # noqa: F401 - a fixture
+from .cluster_harness import TcpCut, cli, cluster_fixture, msg, nodes_json, relay_fixture, rows  # noqa: F401 - fixtures
 from .daemon_harness import Client, wait_for
 
 FAILOVER_BOUND = 30.0  # the promise: a killed node's sessions answer again within 30 s
@@ -142,6 +142,56 @@ def test_drain_passivates_a_nodes_sessions_and_sends_its_tabs_elsewhere(cluster:
             wait_for(lambda: back.init().get("status") == "ok", 30, "node-a taking sessions again")
         finally:
             back.close()
+    finally:
+        tab.close()
+        if moved is not None:
+            moved.close()
+
+
+def test_a_node_cut_off_from_the_store_fences_itself_and_comes_back_holding_nothing(
+    relay: TcpCut, cluster: Any, pg_url: str
+) -> None:
+    one = cluster("node-a", "127.0.0.1", store_url=relay.url(pg_url), node_timeout=3.0)
+    two = cluster("node-b", "127.0.0.2", node_timeout=3.0)
+    wait_for(lambda: len(nodes_json(pg_url)) == 2, 30, "both nodes registered")
+    tab = Client(one.url)
+    moved: Client | None = None
+    try:
+        ok = tab.init()
+        tab.send(msg("one"))
+        tab.send(msg("two"))
+        tab.wait_events(2)
+        wait_for(lambda: nodes_json(pg_url)["node-a"]["load"] == 1, 30, "node-a's load")
+        relay.cut()  # node-a loses the database; node-b and the clients keep it
+        cut_at = time.monotonic()
+        lost = f"This node has lost the shared store; connect to {two.address} (node node-b)"
+        tab.wait(lambda fs: tab.errors(), 30, "node-a to fence itself and tell its tab")
+        assert tab.errors() == [{"error": lost, "error_code": 503}]
+        newcomer = Client(one.url)
+        try:
+            assert newcomer.init() == {"error": lost, "error_code": 503}
+        finally:
+            newcomer.close()
+        moved, answer, at = reinit(two.url, ok["token"], cut_at + FAILOVER_BOUND + 15)
+        assert at - cut_at < FAILOVER_BOUND and answer["session_id"] == ok["session_id"]
+        assert [e["id"] for e in moved.wait_events(2)] == [0, 1]
+        moved.send(msg("three"))
+        assert [e["id"] for e in moved.wait_events(3)] == [0, 1, 2]
+        relay.restore()  # node-a comes back: live again, and holding no stale session
+        wait_for(lambda: nodes_json(pg_url)["node-a"]["state"] == "live", 30, "node-a's heartbeats")
+        back = Client(one.url)
+        try:
+            refused = back.init(token=ok["token"])
+            assert refused["error"] == (
+                f"This session is live on another node (node-b at {two.address}); try again later"
+            )
+        finally:
+            back.close()
+        stored = rows(pg_url, "SELECT id FROM sa_events WHERE session_id = %s ORDER BY id", ok["session_id"])
+        assert [r[0] for r in stored] == [0, 1, 2]
+        assert rows(pg_url, "SELECT node, epoch FROM sa_leases WHERE session_id = %s", ok["session_id"]) == [
+            ("node-b", 2)
+        ]
     finally:
         tab.close()
         if moved is not None:

@@ -111,6 +111,7 @@ class NodeHeart(threading.Thread):
         self.stopping = threading.Event()
         self._db: Any = None
         self._registered = False
+        self.failing = False
 
     @property
     def fenced(self) -> bool:
@@ -126,7 +127,9 @@ class NodeHeart(threading.Thread):
             try:
                 self._beat()
             except Exception as exc:  # the next beat retries; past node_timeout we are fenced
-                log.warning("node %s: heartbeat failed: %s", self.node, " ".join(str(exc).split()))
+                level = logging.DEBUG if self.failing else logging.WARNING  # once per outage
+                log.log(level, "node %s: heartbeat failed: %s", self.node, " ".join(str(exc).split()))
+                self.failing = True
                 self._drop()
 
     def _beat(self, first: bool = False) -> None:
@@ -145,8 +148,9 @@ class NodeHeart(threading.Thread):
         self.last_ok = sent
         self.state = str(row[0])
         self.peers = _read(self._db)
-        if was_fenced:
-            log.warning("node %s: heartbeats resume; accepting sessions again", self.node)
+        if was_fenced or self.failing:
+            log.warning("node %s: heartbeats resume", self.node)
+        self.failing = False
 
     def _drop(self) -> None:
         db, self._db = self._db, None
