@@ -138,3 +138,13 @@ def test_drain_refuses_unknown_and_dead_nodes(pg_url: str) -> None:
     done = cli(pg_url, "drain", "node-y")
     assert done.returncode == 1 and "node 'node-y' is dead" in done.stderr
     heart.stop()
+
+
+def test_the_heartbeat_must_be_shorter_than_the_node_timeout() -> None:
+    from sessionactors.config import Config
+    from sessionactors.errors import ConfigError
+
+    for interval, timeout in ((10.0, 10.0), (0.0, 10.0), (20.0, 10.0)):
+        with pytest.raises(ConfigError, match="heartbeat_interval"):
+            Config(heartbeat_interval=interval, node_timeout=timeout).validate()
+    Config(heartbeat_interval=0.5, node_timeout=3.0).validate()
