@@ -7,7 +7,8 @@ itself. ``member.py`` is the supervisor's side (refusals while draining or fence
 passivation of a draining node's sessions); ``commands.py`` holds the ``nodes`` and
 ``drain`` commands.
 
-What it may import: ``config``, ``errors``, ``protocol``, ``store`` and psycopg; never the
+What it may import: ``config``, ``errors``, ``protocol``, ``store``, psycopg and Thespian
+(``member.py`` stops session actors with its ``ActorExitRequest``); never the
 gateway, the actors (the supervisor mixes ``member.ClusterMember`` in, not the other way)
 or the runtimes.
 """
