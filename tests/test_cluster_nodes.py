@@ -89,6 +89,22 @@ def test_a_heart_that_loses_the_database_fences_and_recovers(pg_url: str) -> Non
     assert list_nodes(pg_url)[0].state == "left"
 
 
+def test_a_version_1_database_gets_the_registry_on_open(pg_url: str) -> None:
+    PostgresStore(pg_url, node="x").close()
+    rows(pg_url, "DROP TABLE sa_nodes")  # as issue 16's first schema had it
+    rows(pg_url, "UPDATE sa_meta SET value = '1' WHERE key = 'schema_version'")
+    store = PostgresStore(pg_url, node="node-a")
+    try:
+        assert rows(pg_url, "SELECT value FROM sa_meta WHERE key = 'schema_version'") == [("2",)]
+        heart = NodeHeart(pg_url, "node-a", "127.0.0.1:1", interval=0.1, timeout=1.0)
+        heart.register()
+        heart.stop()
+        assert [(n.name, n.state) for n in list_nodes(pg_url)] == [("node-a", "left")]
+        store.append("s", [{"id": 0}])  # the migrated sa_append
+    finally:
+        store.close()
+
+
 # -- daemons ----------------------------------------------------------------------------------
 def test_nodes_lists_every_daemon_with_state_load_and_heartbeat(cluster: Any, pg_url: str) -> None:
     one = cluster("node-a", "127.0.0.1")
