@@ -164,3 +164,34 @@ def test_the_heartbeat_must_be_shorter_than_the_node_timeout() -> None:
         with pytest.raises(ConfigError, match="heartbeat_interval"):
             Config(heartbeat_interval=interval, node_timeout=timeout).validate()
     Config(heartbeat_interval=0.5, node_timeout=3.0).validate()
+
+
+def test_refusals_name_the_least_loaded_live_peer_or_say_there_is_none() -> None:
+    from sessionactors.cluster.member import ClusterMember
+    from sessionactors.cluster.nodes import NodeInfo
+
+    member = ClusterMember()
+    member.heart = NodeHeart("postgresql://unused@127.0.0.1:1/x", "node-a", "10.0.0.1:1", 1.0, 10.0)
+    assert member._cluster_refusal() is None
+    member.heart.state = "draining"
+    assert member._cluster_refusal() == "This node is draining; no other node is live; try again later"
+    member.heart.peers = [
+        NodeInfo("node-a", "10.0.0.1:1", "draining", 3, 0.1, 10.0, 0.0),
+        NodeInfo("node-b", "10.0.0.2:1", "live", 5, 0.2, 10.0, 0.0),
+        NodeInfo("node-c", "10.0.0.3:1", "live", 2, 0.3, 10.0, 0.0),
+        NodeInfo("node-d", "10.0.0.4:1", "live", 0, 30.0, 10.0, 0.0),  # dead: missed heartbeats
+        NodeInfo("node-e", "10.0.0.5:1", "draining", 0, 0.1, 10.0, 0.0),
+    ]
+    assert member._cluster_refusal() == "This node is draining; connect to 10.0.0.3:1 (node node-c)"
+    member.heart.last_ok -= 11.0  # no successful heartbeat for longer than node_timeout
+    assert (
+        member._cluster_refusal()
+        == "This node has lost the shared store; connect to 10.0.0.3:1 (node node-c)"
+    )
+    details = (
+        "LeaseLost: session s is owned by node 'node-b' at epoch 3 (expires in 40 s), not by node 'node-a'"
+    )
+    assert member._live_elsewhere(details) == (
+        "This session is live on another node (node-b at 10.0.0.2:1); try again later"
+    )
+    assert member._live_elsewhere("LeaseLost") == "This session is live on another node; try again later"
