@@ -24,12 +24,14 @@ def seen(*tabs: Client) -> dict[int, Any]:
 
 
 def reinit(url: str, token: str, give_up: float) -> tuple[Client, dict[str, Any], float]:
-    """A tab re-INITs (replay from the start) until answered, as our client does on 503."""
-    tab = Client(url)
+    """A tab re-INITs (replay from the start) until answered, on a new connection each time,
+    as our client does on a 503."""
     while True:
+        tab = Client(url)
         answer = tab.init(token=token, latest=-1)
         if answer.get("status") == "ok":
             return tab, answer, time.monotonic()
+        tab.close()
         assert answer.get("error_code") == 503, answer
         assert time.monotonic() < give_up, f"still refused after the bound: {answer}"
         time.sleep(0.2)  # the client's pause between two attempts
