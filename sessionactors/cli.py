@@ -1,4 +1,5 @@
-"""The ``sessionactors`` command: serve, start, stop, status, logs, sessions, rotate-secret.
+"""The ``sessionactors`` command: serve, start, stop, status, logs, sessions, rotate-secret,
+nodes, drain (``cluster/commands.py``: the node registry of a shared store).
 
 ``serve`` runs the daemon in the foreground; ``start`` runs the same as a
 detached process (pid and log under ``<data_dir>/run``) and returns once *its own*
@@ -29,6 +30,7 @@ from typing import Any
 
 from . import __version__
 from .admin import list_sessions, sessions_cmd, sessions_table, url_host
+from .cluster import commands as cluster_commands
 from .config import Config, load_config
 from .daemon import (
     INSTANCE_ENV,
@@ -109,6 +111,7 @@ _COMMANDS = {
         "Replace <data-dir>/secret.key. New tokens use the new secret; tokens signed with the "
         "previous one keep working until the next rotation.",
     ),
+    **cluster_commands.COMMANDS,
 }
 
 
@@ -130,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["logs"].add_argument("-n", "--lines", type=int, help="print only the last N lines")
     parsers["sessions"].add_argument("action", choices=["list", "show", "delete"])
     parsers["sessions"].add_argument("session_id", nargs="?", help="a session id or a unique prefix of one")
+    cluster_commands.add_arguments(parsers)
     return parser
 
 
@@ -375,6 +379,10 @@ def _main(argv: list[str] | None) -> int:
             return _rotate_secret(cfg)
         if args.command == "logs":
             return _logs(cfg, args.follow, args.lines)
+        if args.command == "nodes":
+            return cluster_commands.nodes_cmd(cfg, args.json)
+        if args.command == "drain":
+            return cluster_commands.drain_cmd(cfg, args.node, args.timeout, not args.no_wait, args.undo)
         return sessions_cmd(cfg, args.action, args.session_id)
     except SessionActorsError as exc:
         print(f"sessionactors: {exc}", file=sys.stderr)

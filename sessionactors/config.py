@@ -84,6 +84,9 @@ class Config:
     lease_ttl: float = 45.0
     lease_renew: float = 15.0
     session_quota_bytes: int = 1 << 30
+    node_address: str | None = None  # host:port other nodes and clients are sent to (default host:port)
+    heartbeat_interval: float = 1.0
+    node_timeout: float = 10.0
     # Security
     token_ttl: float = 7 * 24 * 3600.0
     token_secret: str | None = None
@@ -241,6 +244,8 @@ class Config:
             raise ConfigError("lease_ttl", "must be > 0 seconds")
         if not 0 < self.lease_renew < self.lease_ttl:
             raise ConfigError("lease_renew", f"must be > 0 and < lease_ttl ({self.lease_ttl} s)")
+        if not 0 < self.heartbeat_interval < self.node_timeout:
+            raise ConfigError("heartbeat_interval", f"must be > 0 and < node_timeout ({self.node_timeout} s)")
 
     @property
     def store_options(self) -> dict[str, Any]:

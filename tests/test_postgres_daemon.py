@@ -85,8 +85,8 @@ def test_two_daemons_on_one_store_share_tokens_and_hand_a_session_over(
     try:
         # Live on node-1: node-2 verifies the token (shared secret) but may not take the session.
         refused = b.init(token=ok["token"])
-        assert refused == {
-            "error": "This session is live on another node; try again later",
+        assert refused == {  # naming where it lives, for a client or a load balancer
+            "error": f"This session is live on another node (node-1 at 127.0.0.1:{one.port}); try again later",
             "error_code": 503,
         }
         assert rows(pg_url, "SELECT node FROM sa_leases WHERE session_id = %s", ok["session_id"]) == [

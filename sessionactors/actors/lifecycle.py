@@ -13,10 +13,20 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from thespian.actors import ActorExitRequest  # type: ignore[import-untyped]
+from thespian.actors import ActorExitRequest, PoisonMessage  # type: ignore[import-untyped]
 
 from ..actorsystem import pid_alive
-from ..messages import Action, Activate, Attach, Bounced, Configure, Passivated, SessionFailed, ShutdownDone
+from ..messages import (
+    Action,
+    Activate,
+    ActivationFailed,
+    Attach,
+    Bounced,
+    Configure,
+    Passivated,
+    SessionFailed,
+    ShutdownDone,
+)
 from ..protocol import error_frame, status_update
 from .registry import Entry
 from .session import SessionActor
@@ -59,6 +69,44 @@ class SessionLifecycle:
         def _evict(self, entry: Entry, payloads: list[dict[str, Any]], live: bool = False) -> None: ...
         def _deliver(self, entry: Entry, msg: Any) -> None: ...
         def _delete_now(self, entry: Entry) -> None: ...
+        def _answer(self, conn_id: str, payloads: list[dict[str, Any]]) -> None: ...
+        def _live_elsewhere(self, details: str) -> str: ...
+
+    # -- failures: a message that failed twice, an activation that could not start ------
+    def _on_poison(self, msg: PoisonMessage) -> None:
+        original = msg.poisonMessage
+        log.error("supervisor: message failed twice: %r\n%s", original, getattr(msg, "details", ""))
+        conn = getattr(original, "conn_id", None)
+        if conn is not None and isinstance(original, (Attach, Action)):
+            self._answer(conn, [error_frame("Internal error while handling the request", 500)])
+        elif isinstance(original, Activate):
+            details = str(getattr(msg, "details", ""))
+            if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
+                self._activation_failed(
+                    original.session_id, original.incarnation, self._live_elsewhere(details)
+                )
+            else:
+                self._activation_failed(original.session_id, original.incarnation)
+
+    def _on_activation_failed(self, msg: ActivationFailed) -> None:
+        """The session's stored events cannot be read: its connections are told why."""
+        self._activation_failed(msg.session_id, msg.incarnation, msg.why, 500)
+
+    def _activation_failed(
+        self,
+        session_id: str,
+        incarnation: int,
+        why: str = "The session could not be started; try again later",
+        code: int = 503,
+    ) -> None:
+        """The session actor could not activate: answer every connection waiting on it, and
+        end that actor (the session is passivated; the next INIT tries again)."""
+        entry = self.sessions.get(session_id)
+        if entry is None or entry.incarnation != incarnation or entry.state != "live":
+            return
+        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, code)])
+        entry.state = "passivating"
+        self.send(entry.address, ActorExitRequest())
 
     def _spawn(self) -> tuple[Any, int | None]:
         assert self.configure_msg is not None

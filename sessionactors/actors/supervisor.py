@@ -34,11 +34,11 @@ from thespian.actors import (  # type: ignore[import-untyped]
 
 from ..actorsystem import pid_alive
 from ..bridge import CallbackOutbox, LinkOutbox, Outbox
+from ..cluster.member import ClusterMember
 from ..config import Config
 from ..errors import StoreError
 from ..messages import (
     Action,
-    Activate,
     Activated,
     ActivationFailed,
     Attach,
@@ -58,7 +58,7 @@ from ..messages import (
     SessionFailed,
     Shutdown,
 )
-from ..protocol import error_frame, status_update
+from ..protocol import error_frame
 from ..runtimes.base import load_runtime
 from ..store import SessionRecord, Store, open_store
 from .gatewaylink import RECONNECT, GatewayLink
@@ -75,7 +75,7 @@ SUPERVISOR_NAME = "sessionactors-supervisor"
 AT_CAPACITY = "The server is at capacity; try again later"
 
 
-class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatchdog, Actor):  # type: ignore[misc]
+class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatchdog, ClusterMember, Actor):  # type: ignore[misc]
     """Routes connections to sessions, restarts crashed sessions, knows which exist."""
 
     def __init__(self) -> None:
@@ -160,6 +160,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
             self.gateway_stopping = True
             self.send(sender, msg)
         elif isinstance(msg, ActorExitRequest):
+            self._leave_cluster()
             if self.store is not None:
                 self.store.close()
         if self.creating:
@@ -196,6 +197,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
         reconciled = self.store.reconcile_live_sessions()
         if reconciled:
             log.warning("supervisor: %d session(s) were live when the daemon stopped", len(reconciled))
+        self._join_cluster()  # the node registry (cluster/nodes.py), with store_url only
         if msg.bridge_path:
             self.outbox = LinkOutbox(
                 msg.bridge_path, {"t": "hello", "role": "supervisor"}, on_lost=self._on_link_lost
@@ -254,6 +256,10 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
     def _on_init(self, msg: Init) -> None:
         assert self.cfg is not None and self.store is not None
         conn = msg.conn_id
+        refusal = self._cluster_refusal()  # draining, or cut off from the shared store
+        if refusal is not None:
+            self._answer(conn, [error_frame(refusal, 503)])
+            return
         if msg.session_id is None:
             if self._at_capacity():
                 self._answer(conn, [error_frame(AT_CAPACITY, 503)])
@@ -404,43 +410,6 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
             else:
                 del self.conn_session[msg.conn_id]
 
-    def _on_poison(self, msg: PoisonMessage) -> None:
-        original = msg.poisonMessage
-        log.error("supervisor: message failed twice: %r\n%s", original, getattr(msg, "details", ""))
-        conn = getattr(original, "conn_id", None)
-        if conn is not None and isinstance(original, (Attach, Action)):
-            self._answer(conn, [error_frame("Internal error while handling the request", 500)])
-        elif isinstance(original, Activate):
-            details = str(getattr(msg, "details", ""))
-            if "LeaseLost" in details:  # Thespian passes the traceback text only: another node owns it
-                self._activation_failed(
-                    original.session_id,
-                    original.incarnation,
-                    "This session is live on another node; try again later",
-                )
-            else:
-                self._activation_failed(original.session_id, original.incarnation)
-
-    def _on_activation_failed(self, msg: ActivationFailed) -> None:
-        """The session's stored events cannot be read: its connections are told why."""
-        self._activation_failed(msg.session_id, msg.incarnation, msg.why, 500)
-
-    def _activation_failed(
-        self,
-        session_id: str,
-        incarnation: int,
-        why: str = "The session could not be started; try again later",
-        code: int = 503,
-    ) -> None:
-        """The session actor could not activate: answer every connection waiting on it, and
-        end that actor (the session is passivated; the next INIT tries again)."""
-        entry = self.sessions.get(session_id)
-        if entry is None or entry.incarnation != incarnation or entry.state != "live":
-            return
-        self._evict(entry, [status_update("ERROR_RUNTIME", why, "error"), error_frame(why, code)])
-        entry.state = "passivating"
-        self.send(entry.address, ActorExitRequest())
-
     def _on_wakeup(self, payload: Any) -> None:
         if payload == RECONNECT:
             self.reconnect_armed = False
@@ -453,6 +422,7 @@ class SupervisorActor(GatewayLink, SessionLifecycle, SessionQueries, SessionWatc
         elif payload == CHECK:
             self._check_alive()
             self._ping_sessions()
+            self._cluster_check()
             self.wakeupAfter(CHECK_PERIOD, payload=CHECK)
         elif payload == SHUTDOWN_TIMEOUT and self.shutdown_waiter is not None:
             log.error("supervisor: sessions did not all stop in time")

@@ -31,7 +31,15 @@ from typing import Any
 
 from ..errors import LeaseLost
 
-__all__ = ["DEFAULT_LEASE_RENEW", "DEFAULT_LEASE_TTL", "LEASES_DDL", "LeaseBook", "LeaseKeeper"]
+__all__ = [
+    "DEAD_HOLDER",
+    "DEFAULT_LEASE_RENEW",
+    "DEFAULT_LEASE_TTL",
+    "LEASES_DDL",
+    "NODES_DDL",
+    "LeaseBook",
+    "LeaseKeeper",
+]
 
 log = logging.getLogger("sessionactors.store.leases")
 
@@ -46,14 +54,37 @@ LEASES_DDL = """CREATE TABLE sa_leases (
     epoch BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL)"""
 
+# The node registry (sessionactors/cluster/nodes.py writes it): a row per daemon, its
+# heartbeat on the database clock. ``timeout_s`` is the node's own node_timeout: past
+# heartbeat_at + timeout_s every node holds it dead, and its leases may be taken at once.
+NODES_DDL = """CREATE TABLE sa_nodes (
+    node_name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'live',
+    load INTEGER NOT NULL DEFAULT 0,
+    timeout_s DOUBLE PRECISION NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL)"""
+
+# A lease row ``l`` whose holder is a registered node that stopped heartbeating (or left):
+# it is taken over without waiting for the lease's expiry (the epoch still fences it).
+# A holder with no registry row (a bare store handle) keeps the TTL rule alone.
+DEAD_HOLDER = """EXISTS (SELECT 1 FROM sa_nodes AS n WHERE n.node_name = l.node AND (n.state = 'left'
+    OR n.heartbeat_at + n.timeout_s * interval '1 second' <= clock_timestamp()))"""
+
 # Take the lease of %(s)s for node %(n)s: insert epoch 1, or bump the epoch of a row that
 # is released, expired or this node's own. No row back: another node holds it live.
-ACQUIRE_SQL = """INSERT INTO sa_leases AS l (session_id, node, epoch, expires_at)
+ACQUIRE_SQL = (
+    """INSERT INTO sa_leases AS l (session_id, node, epoch, expires_at)
 VALUES (%(s)s, %(n)s, 1, clock_timestamp() + %(ttl)s * interval '1 second')
 ON CONFLICT (session_id) DO UPDATE
     SET node = EXCLUDED.node, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at
     WHERE l.node IS NULL OR l.node = EXCLUDED.node OR l.expires_at <= clock_timestamp()
+        OR """
+    + DEAD_HOLDER
+    + """
 RETURNING l.epoch"""
+)
 
 HOLDER_SQL = """SELECT node, epoch, round(extract(epoch FROM expires_at - clock_timestamp()))::bigint
 FROM sa_leases WHERE session_id = %s"""
@@ -68,8 +99,11 @@ RELEASE_HELD_SQL = """UPDATE sa_leases SET node = NULL, expires_at = '-infinity'
 WHERE session_id = %s AND node = %s AND epoch = %s"""
 RELEASE_ALL_SQL = "UPDATE sa_leases SET node = NULL, expires_at = '-infinity' WHERE node = %s"
 
-LIVE_NODE_SQL = """SELECT node FROM sa_leases
-WHERE session_id = %s AND node IS NOT NULL AND expires_at > clock_timestamp()"""
+LIVE_NODE_SQL = (
+    """SELECT node FROM sa_leases AS l
+WHERE session_id = %s AND node IS NOT NULL AND expires_at > clock_timestamp() AND NOT """
+    + DEAD_HOLDER
+)
 
 
 def holder_text(row: tuple[Any, ...] | None) -> str:

@@ -15,6 +15,8 @@ several daemons starting at once create them once):
   event's compact JSON text, returned as is.
 * ``sa_leases``: the ownership leases (``leases.py``): every append is fenced by one.
 * ``sa_secrets(name, value)``: the token secret, shared by every gateway.
+* ``sa_nodes``: the node registry and heartbeats (``sessionactors/cluster/nodes.py``); a
+  lease held by a node that missed its heartbeats is taken over at once.
 
 An append is one round trip: the server-side function ``sa_append`` takes (or checks)
 the lease under its row lock, checks that the first id follows the last stored one,
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 from ..errors import EventIdConflict, LeaseLost, QuotaExceeded, SchemaMismatch, StoreCorrupt, StoreError
 from . import leases as L
 from .base import SESSION_STATES, SessionRecord, Store
-from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, SCHEMA_VERSION
+from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, MIGRATIONS, SCHEMA_VERSION
 
 try:
     import psycopg
@@ -150,6 +152,17 @@ class PostgresStore(Store):
                 f"{self.where} has schema version {version}, newer than this sessionactors "
                 f"({SCHEMA_VERSION}): upgrade sessionactors"
             )
+        if version < SCHEMA_VERSION:
+            with self._tx(db, "migrating the schema") as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                cur.execute("SELECT value FROM sa_meta WHERE key = 'schema_version'")
+                version = int(cur.fetchone()[0])  # another daemon may have migrated meanwhile
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step]:
+                        cur.execute(statement)
+                cur.execute(
+                    "UPDATE sa_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
 
     def _tx(self, db: Any, doing: str) -> Any:
         return _Transaction(self, db, doing)
@@ -383,7 +396,9 @@ class PostgresStore(Store):
                 """UPDATE sa_sessions AS s SET state = 'passivated'
                 WHERE s.state = 'live' AND NOT EXISTS (
                     SELECT 1 FROM sa_leases AS l WHERE l.session_id = s.session_id
-                    AND l.node IS NOT NULL AND l.expires_at > clock_timestamp())
+                    AND l.node IS NOT NULL AND l.expires_at > clock_timestamp() AND NOT """
+                + L.DEAD_HOLDER
+                + """)
                 RETURNING s.session_id, s.created_at"""
             )
             rows = cur.fetchall()
