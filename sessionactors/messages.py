@@ -170,11 +170,13 @@ class SessionFailed:
 class ActivationFailed:
     """Session actor -> supervisor: I could not activate for a reason no retry mends (the
     store cannot read my events: ``why`` names the file and the cause); tell the waiting
-    connections ``why`` and end me. The session stays passivated."""
+    connections ``why`` and end me. The session stays passivated. ``lease_lost``: the reason
+    is that another node owns the session (a shared store's lease), so they get a 503."""
 
     session_id: str
     incarnation: int
     why: str
+    lease_lost: bool = False
 
 
 @dataclass(frozen=True)

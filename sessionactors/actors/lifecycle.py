@@ -89,8 +89,12 @@ class SessionLifecycle:
                 self._activation_failed(original.session_id, original.incarnation)
 
     def _on_activation_failed(self, msg: ActivationFailed) -> None:
-        """The session's stored events cannot be read: its connections are told why."""
-        self._activation_failed(msg.session_id, msg.incarnation, msg.why, 500)
+        """The session's stored events cannot be read, or another node owns it: its
+        connections are told why."""
+        if msg.lease_lost:  # another node holds it: where to go, and that it is temporary
+            self._activation_failed(msg.session_id, msg.incarnation, self._live_elsewhere(msg.why))
+        else:
+            self._activation_failed(msg.session_id, msg.incarnation, msg.why, 500)
 
     def _activation_failed(
         self,

@@ -33,7 +33,7 @@ from thespian.actors import (  # type: ignore[import-untyped]
 
 from ..bridge import CallbackOutbox, LinkOutbox, Outbox
 from ..config import Config
-from ..errors import ActionError, RuntimeStartError, SessionActorsError, StoreError
+from ..errors import ActionError, LeaseLost, RuntimeStartError, SessionActorsError, StoreCorrupt, StoreError
 from ..messages import (
     Action,
     Activate,
@@ -130,8 +130,11 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):
             try:
                 self._activate(msg)
             except StoreError as exc:  # its log cannot be read: a retry cannot help; say why
+                if self.cfg and self.cfg.store_url and not isinstance(exc, (StoreCorrupt, LeaseLost)):
+                    raise  # a shared store's lost connection: Thespian's retry reconnects
                 log.error("cannot activate: %s", exc, extra={"session_id": msg.session_id})
-                self.send(self.supervisor, ActivationFailed(msg.session_id, msg.incarnation, str(exc)))
+                lost = isinstance(exc, LeaseLost)
+                self.send(self.supervisor, ActivationFailed(msg.session_id, msg.incarnation, str(exc), lost))
                 return None
             for then in msg.then:
                 self._handle_then(then)
