@@ -410,3 +410,24 @@ def test_status_says_whether_sessions_are_sandboxed(daemon: DaemonProcess) -> No
         env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(daemon.admin_port)},
     )
     assert "runtime: local (sandboxed)" in status.stdout, status.stdout + status.stderr
+
+
+def test_health_and_status_show_the_unsandboxed_opt_out(tmp_path: Path) -> None:
+    """The opt-out is visible where an operator looks: /api/health and `status`."""
+    d = DaemonProcess(tmp_path / "data", runtime="local-unsandboxed")
+    d.start()
+    try:
+        assert d.http("GET", "/api/health") == (
+            200,
+            {"status": "ok", "runtime": "local-unsandboxed", "sandboxed": False},
+        )
+        status = subprocess.run(
+            [sys.executable, "-m", "sessionactors.cli", "status", "--data-dir", str(d.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(d.admin_port)},
+        )
+        assert "runtime: local-unsandboxed (NOT sandboxed)" in status.stdout, status.stdout + status.stderr
+    finally:
+        assert not d.stop(), "processes left behind"

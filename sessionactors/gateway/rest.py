@@ -146,7 +146,11 @@ class RestApp:
             return self._ready()
         if path == "/api/health":
             status, _ = self.gateway.query("ping", timeout=2.0)
-            return (200, {"status": "ok"}) if status == 200 else (503, {"status": "unavailable"})
+            if status != 200:
+                return 503, {"status": "unavailable"}
+            if self.cfg.runtime == "local-unsandboxed":  # the opt-out shows (issue 14)
+                return 200, {"status": "ok", "runtime": self.cfg.runtime, "sandboxed": False}
+            return 200, {"status": "ok"}
         if path.startswith("/api/admin/"):
             if not self._is_admin(environ):
                 return 401, {"error": "admin token required"}

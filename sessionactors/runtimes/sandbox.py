@@ -165,10 +165,18 @@ def preflight(settings: SandboxSettings) -> list[str]:
         probe_box.close()
     if proc.returncode != 0:
         said = err.decode(errors="replace").strip()[-300:]
+        # Say what applies to this daemon: as root bwrap needs the namespaces themselves
+        # (a container without CAP_SYS_ADMIN, or a seccomp profile, forbids them); unprivileged,
+        # it needs user namespaces first.
+        need = (
+            "mount, PID and network namespaces, which this host or container forbids to root "
+            "(a container needs CAP_SYS_ADMIN and a seccomp profile that allows unshare)"
+            if os.geteuid() == 0
+            else "unprivileged user namespaces (sysctl user.max_user_namespaces > 0, and on "
+            "Debian/Ubuntu kernel.unprivileged_userns_clone = 1)"
+        )
         raise RuntimeStartError(
-            f"bubblewrap cannot create the sandbox's namespaces here ({said}): the daemon must be "
-            "allowed to create mount, PID and network namespaces (as root, or with unprivileged "
-            f"user namespaces: sysctl user.max_user_namespaces > 0; some containers forbid both), {optout}"
+            f"bubblewrap cannot create the sandbox's namespaces here ({said}): it needs {need}; {optout}"
         )
     warnings = []
     if settings.cgroups != "off":
