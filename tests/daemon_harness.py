@@ -228,3 +228,18 @@ class Client:
 
     def close(self) -> None:
         self.sio.disconnect()
+
+
+def session_processes(session_id: str) -> list[int]:
+    """Host pids whose environment carries the session id (every process of its shell)."""
+    needle = f"SESSIONACTORS_SESSION_ID={session_id}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found

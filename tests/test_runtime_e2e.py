@@ -3,27 +3,11 @@ rehydration restoring the working directory, and REST access to the workspace.""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from sessionactors.daemon import pid_alive
 
-from .daemon_harness import Client, DaemonProcess, wait_for
-
-
-def session_processes(session_id: str) -> list[int]:
-    """Host pids of the processes running with the session's id in their environment."""
-    needle = f"SESSIONACTORS_SESSION_ID={session_id}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
+from .daemon_harness import Client, DaemonProcess, session_processes, wait_for
 
 
 def run(command: str, **extra: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import pytest
 
 from sessionactors.daemon import pid_alive
 
-from .daemon_harness import Client, DaemonProcess, wait_for
+from .daemon_harness import Client, DaemonProcess, session_processes, wait_for
 
 if shutil.which("bwrap") is None and not os.environ.get("CI"):
     pytest.skip("bubblewrap is not installed (tests/install-sandbox.sh)", allow_module_level=True)
@@ -254,21 +254,6 @@ def test_ordinary_work_runs_inside(shells: tuple[Shell, Shell]) -> None:
 
 
 # -- nothing left behind ---------------------------------------------------------------------
-
-
-def session_processes(session_id: str) -> list[int]:
-    """Host pids whose environment carries the session id (every process of its shell)."""
-    needle = f"SESSIONACTORS_SESSION_ID={session_id}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
 
 
 def test_sigkill_of_every_daemon_process_leaves_nothing(tmp_path: Path) -> None:

@@ -11,11 +11,21 @@ implement the same ``Store`` class in a module of its own beside it.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SessionRecord", "Store", "SESSION_STATES", "event_json", "event_size"]
+__all__ = [
+    "SessionRecord",
+    "Store",
+    "SESSION_STATES",
+    "RECORD_FIELDS",
+    "event_json",
+    "event_size",
+    "encode_record_field",
+    "record_from_row",
+]
 
 SESSION_STATES = ("live", "passivated", "failed")
 
@@ -36,6 +46,29 @@ class SessionRecord:
     runtime_state: dict[str, Any] = field(default_factory=dict)
     token_version: int = 0
     """Bumped to revoke every token issued for this session."""
+
+
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+"""A session record's columns, in this order, in every backend's table."""
+_JSON_RECORD_FIELDS = frozenset({"args", "runtime_state"})
+
+
+def encode_record_field(name: str, value: Any) -> Any:
+    """A record field as a backend stores it: the JSON fields as compact text, a state
+    checked against ``SESSION_STATES``, anything else as it is."""
+    if name in _JSON_RECORD_FIELDS:
+        return event_json(value)
+    if name == "state" and value not in SESSION_STATES:
+        raise ValueError(f"state must be one of {SESSION_STATES}, not {value!r}")
+    return value
+
+
+def record_from_row(row: tuple[Any, ...]) -> SessionRecord:
+    """The ``SessionRecord`` of a row read in ``RECORD_FIELDS`` order."""
+    values = {
+        n: json.loads(v) if n in _JSON_RECORD_FIELDS else v for n, v in zip(RECORD_FIELDS, row, strict=True)
+    }
+    return SessionRecord(**values)
 
 
 def event_json(event: dict[str, Any]) -> str:

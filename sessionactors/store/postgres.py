@@ -31,7 +31,6 @@ thread with its own connection (``leases.LeaseKeeper``), started by the first le
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -40,7 +39,7 @@ from urllib.parse import urlsplit
 
 from ..errors import EventIdConflict, LeaseLost, QuotaExceeded, SchemaMismatch, StoreCorrupt, StoreError
 from . import leases as L
-from .base import SESSION_STATES, SessionRecord, Store
+from .base import RECORD_FIELDS, SessionRecord, Store, encode_record_field, record_from_row
 from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, MIGRATIONS, SCHEMA_VERSION
 
 try:
@@ -50,8 +49,7 @@ except ImportError:  # pragma: no cover - an install without the dependency
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_url"]
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
-_JSON_FIELDS = frozenset({"args", "runtime_state"})
+_FIELDS = RECORD_FIELDS
 _SELECT_SESSION = f"SELECT {', '.join(_FIELDS)} FROM sa_sessions"
 
 
@@ -304,18 +302,8 @@ class PostgresStore(Store):
                 self._keeper.start()
 
     # -- session records ---------------------------------------------------
-    @staticmethod
-    def _encode(name: str, value: Any) -> Any:
-        if name in _JSON_FIELDS:
-            return _dumps(value)
-        if name == "state" and value not in SESSION_STATES:
-            raise ValueError(f"state must be one of {SESSION_STATES}, not {value!r}")
-        return value
-
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> SessionRecord:
-        values = {n: json.loads(v) if n in _JSON_FIELDS else v for n, v in zip(_FIELDS, row, strict=True)}
-        return SessionRecord(**values)
+    _encode = staticmethod(encode_record_field)
+    _record = staticmethod(record_from_row)
 
     def create_sessions(self, records: list[SessionRecord]) -> None:
         """Insert new records, all or none; StoreError if one with the same id exists."""

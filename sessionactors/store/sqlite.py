@@ -37,8 +37,6 @@ that opened it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import sqlite3
 from collections import OrderedDict
@@ -49,7 +47,7 @@ from typing import Any
 from ..errors import EventIdConflict, StoreCorrupt, StoreError
 from . import migrate
 from . import sqlite_shards as shards_mod
-from .base import SESSION_STATES, SessionRecord, Store, event_json
+from .base import RECORD_FIELDS, SessionRecord, Store, encode_record_field, event_json, record_from_row
 from .journal import Journal, journal_path
 from .sqlite_shards import APP_MARKER, EVENTS_DDL, FSYNC_MODES, SHARD_DIR, Shard, shard_index
 
@@ -91,8 +89,7 @@ _MIGRATIONS: list[tuple[str, ...]] = [
 ]
 assert len(_MIGRATIONS) + 2 == SCHEMA_VERSION
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
-_JSON_FIELDS = frozenset({"args", "runtime_state"})
+_FIELDS = RECORD_FIELDS
 _SELECT_SESSION = f"SELECT {', '.join(_FIELDS)} FROM sessions"
 
 
@@ -332,18 +329,8 @@ class SQLiteStore(Store):
         return self._journal(session_id).event_bytes()
 
     # -- session records ---------------------------------------------------
-    @staticmethod
-    def _encode(name: str, value: Any) -> Any:
-        if name in _JSON_FIELDS:
-            return _dumps(value)
-        if name == "state" and value not in SESSION_STATES:
-            raise ValueError(f"state must be one of {SESSION_STATES}, not {value!r}")
-        return value
-
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> SessionRecord:
-        values = {n: json.loads(v) if n in _JSON_FIELDS else v for n, v in zip(_FIELDS, row, strict=True)}
-        return SessionRecord(**values)
+    _encode = staticmethod(encode_record_field)
+    _record = staticmethod(record_from_row)
 
     def create_sessions(self, records: list[SessionRecord]) -> None:
         """Insert new records, all or none; StoreError if one with the same id exists."""
