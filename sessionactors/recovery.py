@@ -43,6 +43,9 @@ log = logging.getLogger("sessionactors.daemon")
 PING_PERIOD = 1.0  # seconds between two pings of the supervisor
 PING_DEADLINE = 2.0  # seconds one ping may take
 ORPHAN_GRACE = 15.0  # seconds an orphaned session actor has to persist and exit
+# A supervisor that does not answer but keeps using CPU is busy, not deaf; past this many
+# times ``supervisor_timeout`` it is restarted all the same (a livelock spins too).
+BUSY_LIMIT = 10
 
 
 def orphaned_actors(pgid: int, keep: set[int]) -> list[int]:
@@ -80,6 +83,8 @@ class SupervisorRecovery:
     supervisor_pid = 0
     _answered_at = 0.0
     _pinged_at = 0.0
+    _cpu_ticks = -1
+    _cpu_moved_at = 0.0
     _supervisor_restarts: list[float]
 
     def ask_supervisor(self, msg: Any, kind: type, timeout: float) -> Any:
@@ -126,10 +131,32 @@ class SupervisorRecovery:
         if self.ping_supervisor():
             return
         silent = time.monotonic() - self._answered_at
-        if silent > self.cfg.supervisor_timeout:
+        if silent > self.cfg.supervisor_timeout and not self._busy(silent):
             if self.supervisor_pid and pid_alive(self.supervisor_pid):
                 os.kill(self.supervisor_pid, signal.SIGKILL)  # alive but deaf: end it first
             self.recover_supervisor(f"(pid {self.supervisor_pid}) did not answer for {silent:.0f} s")
+
+    def _busy(self, silent: float) -> bool:
+        """Whether a supervisor that has not answered for ``silent`` s is still working.
+
+        Killing a busy supervisor ends every live session: at 1,000 sessions a burst of
+        INITs kept the supervisor from answering pings for over 30 s (measured, bench run H)
+        and the first version of this watch restarted it. So a silent supervisor counts as
+        deaf only when it is stopped (SIGSTOP), when its CPU time has not moved for
+        ``supervisor_timeout`` s, or when it has been silent for ``BUSY_LIMIT`` timeouts.
+        """
+        try:
+            fields = proc_stat(self.supervisor_pid) if self.supervisor_pid else None
+        except OSError:
+            fields = None
+        if not fields or fields[0] in "Tt" or silent > BUSY_LIMIT * self.cfg.supervisor_timeout:
+            return False
+        ticks, now = int(fields[11]) + int(fields[12]), time.monotonic()  # utime + stime
+        if ticks != self._cpu_ticks:
+            if self._cpu_ticks >= 0 and now - self._cpu_moved_at > self.cfg.supervisor_timeout / 2:
+                log.warning("the supervisor has not answered for %.0f s but is working; waiting", silent)
+            self._cpu_ticks, self._cpu_moved_at = ticks, now
+        return now - self._cpu_moved_at < self.cfg.supervisor_timeout
 
     def recover_supervisor(self, why: str) -> None:
         """Stop the gateway and the orphaned sessions, start a new supervisor and gateway."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -237,3 +239,39 @@ def test_frozen_session_is_reported_and_its_queued_actions_are_not_rate_limited(
     )
     assert [f for f in c.errors() if f.get("error_code") == 429] == [], "queued actions were rate limited"
     c.close()
+
+
+def test_a_busy_supervisor_is_not_taken_for_a_deaf_one() -> None:
+    """The watch's liveness rule (bench run H: at 1,000 sessions the supervisor did not answer
+    pings for 32 s while it worked, and was restarted, ending every session). A silent process
+    that uses CPU is busy; one that is stopped, or whose CPU time stands still, is deaf."""
+    import types
+
+    from sessionactors.recovery import BUSY_LIMIT, SupervisorRecovery
+
+    timeout = 0.5
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+
+        def watch(pid: int) -> SupervisorRecovery:
+            w = SupervisorRecovery()
+            w.cfg = types.SimpleNamespace(supervisor_timeout=timeout)  # type: ignore[assignment]
+            w.supervisor_pid = pid
+            return w
+
+        busy, idle = watch(spinner.pid), watch(sleeper.pid)
+        wait_for(lambda: busy._busy(1.0) and idle._busy(1.0), 10, "both seen once")
+        deadline = time.monotonic() + 3 * timeout
+        while time.monotonic() < deadline:  # the spinner stays busy past the timeout
+            assert busy._busy(1.0)
+            idle._busy(1.0)  # watched as often (the sleeper's start-up used CPU at first)
+            time.sleep(0.05)
+        assert not idle._busy(1.0)  # no CPU for longer than the timeout: deaf
+        assert not busy._busy(BUSY_LIMIT * timeout + 1)  # silent too long, even if working
+        os.kill(spinner.pid, signal.SIGSTOP)
+        wait_for(lambda: not busy._busy(1.0), 5, "a stopped process seen as deaf")  # once it is 'T'
+    finally:
+        for proc in (spinner, sleeper):
+            proc.kill()
+            proc.wait()
