@@ -61,7 +61,9 @@ class GatewayLink:
         self._arm_reconnect()
 
     def _on_bridge(self) -> None:
-        assert isinstance(self.outbox, LinkOutbox) and self.outbox.link is not None
+        assert isinstance(self.outbox, LinkOutbox)
+        if self.outbox.link is None:  # a readiness left over from the link that just closed
+            return
         frames = self.outbox.link.receive()
         if frames is None:
             self.outbox.link = None
