@@ -33,7 +33,15 @@ from thespian.actors import (  # type: ignore[import-untyped]
 
 from ..bridge import CallbackOutbox, LinkOutbox, Outbox
 from ..config import Config
-from ..errors import ActionError, LeaseLost, RuntimeStartError, SessionActorsError, StoreCorrupt, StoreError
+from ..errors import (
+    ActionError,
+    LeaseLost,
+    QuotaExceeded,
+    RuntimeStartError,
+    SessionActorsError,
+    StoreCorrupt,
+    StoreError,
+)
 from ..messages import (
     Action,
     Activate,
@@ -130,7 +138,11 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):
             try:
                 self._activate(msg)
             except StoreError as exc:  # its log cannot be read: a retry cannot help; say why
-                if self.cfg and self.cfg.store_url and not isinstance(exc, (StoreCorrupt, LeaseLost)):
+                if (
+                    self.cfg
+                    and self.cfg.store_url
+                    and not isinstance(exc, (StoreCorrupt, LeaseLost, QuotaExceeded))
+                ):
                     raise  # a shared store's lost connection: Thespian's retry reconnects
                 log.error("cannot activate: %s", exc, extra={"session_id": msg.session_id})
                 lost = isinstance(exc, LeaseLost)
