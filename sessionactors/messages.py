@@ -35,6 +35,10 @@ __all__ = [
     "ShutdownDone",
     "FileRequest",
     "Frame",
+    "SupervisorPing",
+    "SupervisorPong",
+    "SessionPing",
+    "SessionPong",
 ]
 
 
@@ -278,3 +282,33 @@ class Frame:
     """Session/supervisor -> frames_to (tests only): one bridge frame, as the gateway would get it."""
 
     frame: dict[str, Any]
+
+
+# -- liveness with deadlines (actors/watchdog.py, recovery.py) --------------------------
+@dataclass(frozen=True)
+class SupervisorPing:
+    """Daemon -> supervisor: are you there? Answered with ``SupervisorPong``."""
+
+
+@dataclass(frozen=True)
+class SupervisorPong:
+    """Supervisor -> daemon: alive; its pid and how many sessions it knows."""
+
+    pid: int
+    sessions: int
+
+
+@dataclass(frozen=True)
+class SessionPing:
+    """Supervisor -> session actor: answer with ``SessionPong`` carrying ``seq``."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class SessionPong:
+    """Session actor -> supervisor: the answer to ``SessionPing``."""
+
+    session_id: str
+    incarnation: int
+    seq: int

@@ -92,7 +92,7 @@ class SupervisorRecovery:
         Skipped on the way: a late ``SupervisorPong`` (a ping that timed out), and the
         ``None`` Thespian returns at once when an earlier send to a dead supervisor fails.
         """
-        from .actors.watchdog import SupervisorPong
+        from .messages import SupervisorPong
 
         deadline = time.monotonic() + timeout
         reply = self.asys.ask(self.supervisor, msg, timeout)
@@ -105,7 +105,7 @@ class SupervisorRecovery:
 
     def ping_supervisor(self) -> bool:
         """One ping with a deadline; True when answered (the pid is then known)."""
-        from .actors.watchdog import SupervisorPing, SupervisorPong
+        from .messages import SupervisorPing, SupervisorPong
 
         self._pinged_at = time.monotonic()
         try:

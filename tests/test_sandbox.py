@@ -386,14 +386,19 @@ def test_outbound_network_never_reaches_the_daemon(tmp_path: Path) -> None:
         assert not d.stop()  # pasta included: it is a child of the session's process
 
 
-def test_status_says_whether_sessions_are_sandboxed(daemon: DaemonProcess) -> None:
-    status = subprocess.run(
-        [sys.executable, "-m", "sessionactors.cli", "status", "--data-dir", str(daemon.data_dir)],
+def status_of(d: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """`sessionactors status` of the daemon ``d``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sessionactors.cli", "status", "--data-dir", str(d.data_dir)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(daemon.admin_port)},
+        env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(d.admin_port)},
     )
+
+
+def test_status_says_whether_sessions_are_sandboxed(daemon: DaemonProcess) -> None:
+    status = status_of(daemon)
     assert "runtime: local (sandboxed)" in status.stdout, status.stdout + status.stderr
 
 
@@ -406,13 +411,7 @@ def test_health_and_status_show_the_unsandboxed_opt_out(tmp_path: Path) -> None:
             200,
             {"status": "ok", "runtime": "local-unsandboxed", "sandboxed": False},
         )
-        status = subprocess.run(
-            [sys.executable, "-m", "sessionactors.cli", "status", "--data-dir", str(d.data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "SESSIONACTORS_ADMIN_PORT": str(d.admin_port)},
-        )
+        status = status_of(d)
         assert "runtime: local-unsandboxed (NOT sandboxed)" in status.stdout, status.stdout + status.stderr
     finally:
         assert not d.stop(), "processes left behind"

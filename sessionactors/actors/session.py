@@ -55,6 +55,8 @@ from ..messages import (
     Detach,
     FileRequest,
     Frame,
+    SessionPing,
+    SessionPong,
 )
 from ..protocol import NOT_ATTACHED, action_event_fields, error_frame, status_update
 from ..runtimes.base import Event, Output, Runtime, RuntimeContext, error_observation
@@ -62,7 +64,6 @@ from ..store import Store, open_store
 from .agentstate import AgentStates
 from .eventlog import EventLog
 from .passivation import NOT_RUN, SessionTimers
-from .watchdog import SessionPing, SessionPong
 from .workspace import WorkspaceFiles
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]

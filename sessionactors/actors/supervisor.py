@@ -56,7 +56,9 @@ from ..messages import (
     Query,
     QueryReply,
     SessionFailed,
+    SessionPong,
     Shutdown,
+    SupervisorPing,
 )
 from ..protocol import error_frame
 from ..runtimes.base import load_runtime
@@ -65,7 +67,7 @@ from .gatewaylink import RECONNECT, GatewayLink
 from .lifecycle import CHECK, CHECK_PERIOD, REFILL, SHUTDOWN_TIMEOUT, SessionLifecycle
 from .queries import RETENTION, SessionQueries
 from .registry import Entry
-from .watchdog import SessionPong, SessionWatchdog, SupervisorPing
+from .watchdog import SessionWatchdog
 
 __all__ = ["SupervisorActor", "SUPERVISOR_NAME"]
 

@@ -12,8 +12,7 @@ is not seen by the pid checks of ``lifecycle.py``. So:
 - the daemon asks the supervisor ``SupervisorPing`` (``recovery.py``); the ``SupervisorPong``
   carries the supervisor's pid, which the daemon watches between pings.
 
-``SessionWatchdog`` is a mixin of ``SupervisorActor``. The messages are module-level frozen
-dataclasses (they must pickle).
+``SessionWatchdog`` is a mixin of ``SupervisorActor``; its messages are in ``messages.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..messages import SessionPing, SessionPong, SupervisorPong
 from ..protocol import status_update
 
 if TYPE_CHECKING:
@@ -33,10 +32,6 @@ if TYPE_CHECKING:
     from .registry import Entry
 
 __all__ = [
-    "SupervisorPing",
-    "SupervisorPong",
-    "SessionPing",
-    "SessionPong",
     "SessionWatchdog",
     "NOT_RESPONDING",
     "RESPONDING",
@@ -46,35 +41,6 @@ log = logging.getLogger("sessionactors.supervisor")
 
 NOT_RESPONDING = "SESSION_NOT_RESPONDING"
 RESPONDING = "SESSION_RESPONDING"
-
-
-@dataclass(frozen=True)
-class SupervisorPing:
-    """Daemon -> supervisor: are you there? Answered with ``SupervisorPong``."""
-
-
-@dataclass(frozen=True)
-class SupervisorPong:
-    """Supervisor -> daemon: alive; its pid and how many sessions it knows."""
-
-    pid: int
-    sessions: int
-
-
-@dataclass(frozen=True)
-class SessionPing:
-    """Supervisor -> session actor: answer with ``SessionPong`` carrying ``seq``."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class SessionPong:
-    """Session actor -> supervisor: the answer to ``SessionPing``."""
-
-    session_id: str
-    incarnation: int
-    seq: int
 
 
 class SessionWatchdog:
