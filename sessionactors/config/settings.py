@@ -1,4 +1,4 @@
-"""Configuration: embedded defaults < TOML file < ``SESSIONACTORS_*`` environment < CLI flags.
+"""The daemon's settings (``Config``): every key, its default and its validation.
 
 Every key of ``Config`` can be set in the TOML file (top level, plus the
 ``[runtime]`` table for runtime-specific options), in the environment as
@@ -16,26 +16,16 @@ import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .cluster import validate_cluster
+from .coerce import build
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["Config", "default_data_dir", "load_config", "ENV_PREFIX"]
-
-ENV_PREFIX = "SESSIONACTORS_"
-# ``SESSIONACTORS_*`` names that are not configuration keys: the file to read, and what the
-# local runtime sets in every session's shell (a ``sessionactors`` command run there must work).
-_NOT_KEYS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "SESSION_ID"})
+__all__ = ["Config", "default_data_dir"]
 
 
 def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -163,7 +153,7 @@ class Config:
             raise ConfigError("restart_intensity", "must be >= 0")
         if self.restart_period <= 0:
             raise ConfigError("restart_period", "must be > 0 seconds")
-        self._validate_cluster()
+        validate_cluster(self)
         for key in ("supervisor_timeout", "session_ping_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be > 0 seconds")
@@ -224,29 +214,6 @@ class Config:
             raise ConfigError("log_level", "must be debug, info, warning or error")
         return self
 
-    def _validate_cluster(self) -> None:
-        if self.store_url is not None:
-            try:
-                parts = urlsplit(self.store_url)
-                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-            except ValueError as exc:
-                raise ConfigError("store_url", f"is not a valid URL: {exc}") from None
-            if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname and parts.path[1:]):
-                raise ConfigError("store_url", "must be postgresql://user@host:port/database")
-        # Refused rather than ignored: a cluster that silently runs as single nodes would
-        # split its fan-out and placement without anyone noticing.
-        for key in ("redis_url", "cluster_leader"):
-            if getattr(self, key) is not None:
-                raise ConfigError(key, "is not supported yet (the cluster is being built); unset it")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.node_name):
-            raise ConfigError("node_name", "must be 1-64 letters, digits, '.', '_' or '-' (a host name)")
-        if self.lease_ttl <= 0:
-            raise ConfigError("lease_ttl", "must be > 0 seconds")
-        if not 0 < self.lease_renew < self.lease_ttl:
-            raise ConfigError("lease_renew", f"must be > 0 and < lease_ttl ({self.lease_ttl} s)")
-        if not 0 < self.heartbeat_interval < self.node_timeout:
-            raise ConfigError("heartbeat_interval", f"must be > 0 and < node_timeout ({self.node_timeout} s)")
-
     @property
     def store_options(self) -> dict[str, Any]:
         """The keywords of ``store.open_store`` (after ``data_dir``)."""
@@ -294,143 +261,9 @@ class Config:
         return self.data_dir / "workspaces"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a file/env/flag value to the field's type, or raise ConfigError naming the key.
-
-    Environment values are strings: numbers and booleans are parsed, lists are
-    comma-separated, tables are JSON objects, and an empty string unsets an optional key.
-    """
-    kind = str(_FIELDS[key].type)
-    optional = kind.endswith("| None")
-    try:
-        if value is None or (optional and value == ""):
-            if optional:
-                return None
-            raise ValueError("must not be empty")
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"must be true or false, not {value!r}")
-        if kind == "int":
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                raise ValueError(f"must be an integer, not {value!r}")
-            try:
-                return int(value)
-            except ValueError:
-                raise ValueError(f"must be an integer, not {value!r}") from None
-        if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(f"must be a number, not {value!r}")
-            try:
-                return float(value)
-            except ValueError:
-                raise ValueError(f"must be a number, not {value!r}") from None
-        if kind.startswith("Path"):
-            if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-                raise ValueError(f"must be a non-empty path, not {value!r}")
-            return Path(os.path.expanduser(str(value)))
-        if kind.startswith("tuple"):
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ValueError("must be a list of strings")
-            return tuple(value)
-        if kind.startswith("dict"):
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    raise ValueError("must be a table (a JSON object in the environment)") from None
-            if not isinstance(value, dict):
-                raise ValueError("must be a table (a JSON object in the environment)")
-            return dict(value)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"must be a string, not {value!r}")
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(key, f"{exc} (from {source})") from None
-
-
-def _build(raw: Mapping[str, Any], sources: str | Mapping[str, str]) -> Config:
-    """A validated Config from raw values; ``sources`` says where each came from (for errors)."""
-    values = {}
-    for key, value in raw.items():
-        source = sources if isinstance(sources, str) else sources[key]
-        if key not in _FIELDS:
-            raise ConfigError(key, f"unknown key (from {source})")
-        values[key] = _coerce(key, value, source)
-    return Config(**values).validate()
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    """The TOML file's keys, with the ``[runtime]`` table split into ``runtime``/``runtime_options``."""
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config", f"file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {str(path)!r}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
-    if isinstance(raw.get("runtime"), dict):
-        if "runtime_options" in raw:
-            raise ConfigError("runtime_options", "give runtime options in the [runtime] table only")
-        options = dict(raw.pop("runtime"))
-        raw["runtime"] = options.pop("name", Config.runtime)
-        raw["runtime_options"] = options
-    return raw
-
-
-def load_config(
-    config_file: str | Path | None = None,
-    flags: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Config:
-    """Merge defaults, the TOML file, the environment and CLI flags (later wins).
-
-    ``config_file`` defaults to ``$SESSIONACTORS_CONFIG``; ``environ`` to ``os.environ``
-    (it also gives the default data directory, see ``default_data_dir``). A flag whose
-    value is None is not given. Raises ConfigError naming the key (and where it was set).
-    """
-    environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
-    if config_file:
-        for key, value in _read_file(Path(config_file)).items():
-            merged[key], sources[key] = value, f"file {config_file}"
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name not in _NOT_KEYS:
-            key = name[len(ENV_PREFIX) :].lower()
-            merged[key], sources[key] = value, f"environment {name}"
-    for key, value in (flags or {}).items():
-        if value is not None:
-            merged[key], sources[key] = value, "command line"
-    if "data_dir" not in merged:
-        merged["data_dir"], sources["data_dir"] = default_data_dir(environ), "default"
-    try:
-        return _build(merged, sources)
-    except ConfigError as exc:
-        source = sources.get(exc.key)
-        if source is None or "(from " in exc.problem:
-            raise
-        raise ConfigError(exc.key, f"{exc.problem} (from {source})") from None
-
-
 @functools.lru_cache(maxsize=8)
 def _from_json(text: str) -> Config:
     """Cached: the supervisor parses the configuration once and every session actor it
     forks inherits the result (parsing and validating cost ~2 ms of each cold activation).
     ``Config`` is frozen, so sharing one instance is safe."""
-    return _build(json.loads(text), "json")
+    return build(Config, json.loads(text), "json")
