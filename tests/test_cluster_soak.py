@@ -152,8 +152,10 @@ def verify(url: str, followers: list[Follower]) -> dict[str, int]:
             want = list(range(period.latest + 1, period.latest + 1 + len(got)))
             if got != want:
                 problems.append(f"{f.name} period {n} on {period.node}: ids {got}, expected {want}")
-            elif any(events[e["id"]] != e for e in period.events):
-                problems.append(f"{f.name} period {n}: an event differs from the stored one")
+            elif any(e["id"] >= len(events) or events[e["id"]] != e for e in period.events):
+                problems.append(
+                    f"{f.name} period {n}: an event differs from the stored one (or is not stored)"
+                )
         tags = Counter(e.get("args", {}).get("content") for e in events if e.get("source") == "user")
         problems += [f"{f.name}: {t} stored {c} times" for t, c in tags.items() if c > 1]
         problems += [f"{f.name}: acknowledged {t} not stored" for t in sorted(f.acked - set(tags))]
