@@ -88,6 +88,10 @@ def test_a_partitioned_node_is_fenced_taken_over_and_comes_back_holding_nothing(
             )
         finally:
             back.close()
+        admin = (one.data_dir / "run" / "admin.token").read_text().strip()
+        status, listed = one.http("GET", "/api/admin/sessions", token=admin)
+        assert status == 200
+        assert [r["state"] for r in listed if r["session_id"] == sid] in ([], ["passivated"]), listed
         moved.send(msg("four"))  # node-b still owns it, undisturbed by node-a's return
         assert [e["id"] for e in moved.wait_events(4)] == [0, 1, 2, 3]
         # The stale write never committed, not even once the link was back (fenced by epoch).
