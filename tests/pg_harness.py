@@ -62,11 +62,16 @@ def pg_unavailable() -> str | None:
 class PgServer:
     """One PostgreSQL server in a temp dir (see the module docstring)."""
 
-    def __init__(self, *, fsync: bool = True) -> None:
+    def __init__(
+        self, *, fsync: bool = True, listen: tuple[str, ...] = ("127.0.0.1",), trust: tuple[str, ...] = ()
+    ) -> None:
+        """``listen``: the addresses it listens on; ``trust``: more client networks (CIDR)
+        let in without a password (tests/netns.py: the store link of a namespace)."""
         bindir = pg_bin_dir()
         assert bindir is not None, pg_unavailable()
         self.bindir = bindir
         self.fsync = fsync
+        self.listen, self.trust = listen, trust
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sa-pg-"))
         self.datadir = self.root / "data"
@@ -89,8 +94,18 @@ class PgServer:
         initdb = [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", PG_USER]
         initdb += ["--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C"]
         subprocess.run(initdb, check=True, capture_output=True, timeout=120, **self._as_user)
+        if self.trust:
+            with open(self.datadir / "pg_hba.conf", "a") as hba:
+                hba.writelines(f"host all all {net} trust\n" for net in self.trust)
         argv = [str(self.bindir / "postgres"), "-D", str(self.datadir)]
-        argv += ["-p", str(self.port), "-c", "listen_addresses=127.0.0.1", "-k", str(self.root)]
+        argv += [
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={','.join(self.listen)}",
+            "-k",
+            str(self.root),
+        ]
         argv += ["-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, **self._as_user)

@@ -33,6 +33,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         echo "tests/run.sh: PostgreSQL 15 is missing and this is not root: its tests will skip" >&2
     fi
 fi
+# The partition tests (tests/netns.py) make network namespaces and veths with `ip`: install
+# iproute2 when it is missing (root, apt-get); without it they skip, except in CI.
+if ! command -v ip >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; } \
+            >/dev/null 2>&1 || echo "tests/run.sh: could not install iproute2" >&2
+    else
+        echo "tests/run.sh: ip (iproute2) is missing and this is not root: the partition tests will skip" >&2
+    fi
+fi
 if [ -x tests/install-sandbox.sh ]; then
     tests/install-sandbox.sh
 fi
