@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreError
+from ..errors import LeaseLost, StoreError
 from .archive import write_archive
 
 __all__ = ["ARCHIVES_DDL", "WorkspaceArchives"]
@@ -65,12 +65,14 @@ class WorkspaceArchives:
         def _conn(self) -> Any: ...
 
     def put_workspace_archive(
-        self, session_id: str, root: str, *, kind: str, max_bytes: int
+        self, session_id: str, root: str, *, kind: str, max_bytes: int, epoch: int | None = None
     ) -> dict[str, Any]:
         """Archive the directory ``root`` as the session's workspace (``kind``: 'passivation'
         or 'snapshot'); its description (``workspace_archive``). Fenced by the lease this
-        handle holds (``LeaseLost``); ``ArchiveTooLarge`` past ``max_bytes``."""
-        epoch = self.leases.epoch(session_id)  # raises LeaseLost once fenced
+        handle holds, or by ``epoch`` (a snapshot thread's own handle writes under the
+        epoch its session holds): ``LeaseLost``; ``ArchiveTooLarge`` past ``max_bytes``."""
+        if epoch is None:
+            epoch = self.leases.epoch(session_id)  # raises LeaseLost once fenced
         if epoch is None:
             raise StoreError(f"session {session_id}: node {self.node!r} holds no lease; archive refused")
         (generation,) = self._run("allocating an archive", "SELECT nextval('sa_workspace_generation')")[0]
@@ -92,7 +94,7 @@ class WorkspaceArchives:
                 cur.execute(_FENCE, (session_id, self.node, epoch, self.node))
                 if cur.fetchone() is None:
                     why = f"session {session_id}: node {self.node!r} lost its lease (epoch {epoch}); archive refused"
-                    raise self.leases.lose(session_id, why)
+                    raise LeaseLost(why)  # the session actor stops its copy (passivation.py)
                 cur.execute(
                     "SELECT epoch FROM sa_workspace_archives WHERE session_id = %s FOR UPDATE", (session_id,)
                 )
