@@ -17,7 +17,7 @@ import pytest
 
 from sessionactors.cluster.nodes import NodeHeart, list_nodes
 from sessionactors.errors import LeaseLost
-from sessionactors.store.postgres import PostgresStore
+from sessionactors.store.postgres import SCHEMA_VERSION, PostgresStore
 
 from .cluster_harness import cli, cluster_fixture, msg, nodes_json, rows  # noqa: F401 - a fixture
 from .daemon_harness import Client, wait_for
@@ -95,7 +95,9 @@ def test_a_version_1_database_gets_the_registry_on_open(pg_url: str) -> None:
     rows(pg_url, "UPDATE sa_meta SET value = '1' WHERE key = 'schema_version'")
     store = PostgresStore(pg_url, node="node-a")
     try:
-        assert rows(pg_url, "SELECT value FROM sa_meta WHERE key = 'schema_version'") == [("2",)]
+        assert rows(pg_url, "SELECT value FROM sa_meta WHERE key = 'schema_version'") == [
+            (str(SCHEMA_VERSION),)
+        ]
         heart = NodeHeart(pg_url, "node-a", "127.0.0.1:1", interval=0.1, timeout=1.0)
         heart.register()
         heart.stop()

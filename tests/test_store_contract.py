@@ -269,3 +269,16 @@ def test_quota_refuses_an_append_past_it_and_stores_nothing(
         assert store.event_bytes("s") == limit
     finally:
         store.close()
+
+
+def test_workspace_archives_only_where_the_store_is_shared(store: Store, tmp_path: Path) -> None:
+    """The embedded store needs no archives (one disk); the shared one keeps them (issue 16)."""
+    if not store.supports_workspace_archives:
+        assert not hasattr(store, "put_workspace_archive")
+        return
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "f").write_text("x")
+    store.acquire_lease("s")  # type: ignore[attr-defined]
+    info = store.put_workspace_archive("s", str(ws), kind="passivation", max_bytes=1 << 20)  # type: ignore[attr-defined]
+    assert store.workspace_archive("s") == info  # type: ignore[attr-defined]

@@ -69,6 +69,8 @@ class SessionTimers:
         def _handle_outputs(self, outputs: list[Output], extra: list[str] | None = None) -> None: ...
         def _send_to(self, conns: list[str], payloads: list[dict[str, Any]]) -> None: ...
         def _emit(self, fields_list: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+        def _on_snapshot_wakeup(self, token: int) -> None: ...
+        def _archive_workspace_at_passivation(self) -> None: ...
 
     def _report_samples(self, force: bool = False) -> None:
         """Send latency samples at most every 0.25 s (a wakeup flushes the stragglers)."""
@@ -95,6 +97,8 @@ class SessionTimers:
                 self.passivate_when_idle = True
             else:
                 self._passivate()
+        elif isinstance(payload, tuple) and payload[0] == "ws_snapshot":
+            self._on_snapshot_wakeup(payload[1])  # workspace_sync.py
 
     def _arm_passivation(self) -> None:
         assert self.cfg is not None
@@ -128,6 +132,8 @@ class SessionTimers:
                 self.runtime.stop()
             except Exception:
                 log.exception("session %s: the runtime's stop() raised", self.session_id)
+        # The runtime is stopped: the files are quiescent; the lease is still ours (fenced).
+        self._archive_workspace_at_passivation()
         fields: dict[str, Any] = {"state": "passivated", "last_active": time.time()}
         if self.started and runtime_state is not None:
             fields["runtime_state"] = runtime_state

@@ -65,6 +65,7 @@ from .agentstate import AgentStates
 from .eventlog import EventLog
 from .passivation import NOT_RUN, SessionTimers
 from .workspace import WorkspaceFiles
+from .workspace_sync import WorkspaceSync
 
 __all__ = ["SessionActor", "REPLAY_PAGE"]
 
@@ -74,7 +75,7 @@ REPLAY_PAGE = 1000
 RESTARTED_WHY = "Session restarted after a failure"
 
 
-class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):  # type: ignore[misc]
+class SessionActor(AgentStates, WorkspaceFiles, WorkspaceSync, SessionTimers, EventLog, Actor):  # type: ignore[misc]
     """One live session: numbers, stores and fans out its events; drives its runtime."""
 
     def __init__(self) -> None:
@@ -221,6 +222,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):
             raise SessionActorsError(f"no record for session {msg.session_id}")
         self.next_id = self._claim(msg.session_id) + 1
         workspace = self.cfg.workspaces_dir / msg.session_id
+        self._sync_workspace_at_activation(workspace)  # a shared store's archive (issue 16)
         self.runtime_ctx = RuntimeContext(
             session_id=msg.session_id,
             workspace=workspace,
@@ -317,6 +319,7 @@ class SessionActor(AgentStates, WorkspaceFiles, SessionTimers, EventLog, Actor):
             return False
         if not self.created:
             self._send_to([conn], [status_update("REHYDRATING", "Restoring the session")])
+        self._send_workspace_notice(conn)
         self._send_to([conn], [status_update("STARTING_RUNTIME", "Starting the runtime")])
         self._agent_loading()
         try:

@@ -76,6 +76,11 @@ def nodes_cmd(cfg: Config, as_json: bool) -> int:
     return 0
 
 
+_ARCHIVED = (  # the passivation archives the drain made (store/postgres_archives.py)
+    "SELECT count(*) FROM sa_workspace_archives WHERE node = %s AND kind = 'passivation' AND taken_at >= %s"
+)
+
+
 def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) -> int:
     import psycopg
 
@@ -97,12 +102,16 @@ def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) ->
     print(f"node {node} is draining ({known[node].load} live session(s))")
     if not wait:
         return 0
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time() - 1.0  # the node's clock may lag a little
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
         while True:
             left = db.execute(_LIVE_LEASES, (node,)).fetchone()[0]  # type: ignore[index]
             if left == 0:
-                print(f"node {node} drained in {time.monotonic() - started:.1f} s: it holds no session")
+                archived = db.execute(_ARCHIVED, (node, since)).fetchone()[0]  # type: ignore[index]
+                print(
+                    f"node {node} drained in {time.monotonic() - started:.1f} s: it holds no session; "
+                    f"{archived} workspace archive(s) written"
+                )
                 return 0
             if time.monotonic() - started > timeout:
                 print(

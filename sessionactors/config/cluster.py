@@ -36,3 +36,7 @@ def validate_cluster(cfg: Any) -> None:
         raise ConfigError("lease_renew", f"must be > 0 and < lease_ttl ({cfg.lease_ttl} s)")
     if not 0 < cfg.heartbeat_interval < cfg.node_timeout:
         raise ConfigError("heartbeat_interval", f"must be > 0 and < node_timeout ({cfg.node_timeout} s)")
+    if not (cfg.workspace_snapshot_interval == 0 or cfg.workspace_snapshot_interval >= 1):
+        raise ConfigError("workspace_snapshot_interval", "must be 0 (no periodic snapshots) or >= 1 second")
+    if cfg.workspace_archive_max_bytes < 1 << 16:
+        raise ConfigError("workspace_archive_max_bytes", "must be >= 65536 bytes")

@@ -77,6 +77,8 @@ class Config:
     node_address: str | None = None  # host:port other nodes and clients are sent to (default host:port)
     heartbeat_interval: float = 1.0
     node_timeout: float = 10.0
+    workspace_snapshot_interval: float = 300.0  # 0: no periodic snapshots (passivation still archives)
+    workspace_archive_max_bytes: int = 256 << 20
     # Security
     token_ttl: float = 7 * 24 * 3600.0
     token_secret: str | None = None

@@ -89,6 +89,11 @@ class Store(abc.ABC):
     """Per-session cap on the ``event_size`` sum of a session's stored events (None: no
     cap); a backend's constructor sets it from its ``quota_bytes`` keyword."""
 
+    supports_workspace_archives = False
+    """True for a shared store that keeps workspace archives (``put_workspace_archive``,
+    ``workspace_archive``, ``read_workspace_archive``: ``postgres_archives.py``); the
+    embedded store needs none (the workspace stays on its one disk)."""
+
     # -- events ------------------------------------------------------------
     @abc.abstractmethod
     def append(self, session_id: str, events: list[dict[str, Any]]) -> None:

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from ..errors import EventIdConflict, LeaseLost, QuotaExceeded, SchemaMismatch, StoreCorrupt, StoreError
 from . import leases as L
 from .base import RECORD_FIELDS, SessionRecord, Store, encode_record_field, record_from_row
+from .postgres_archives import WorkspaceArchives
 from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, MIGRATIONS, SCHEMA_VERSION
 
 try:
@@ -67,7 +68,7 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
-class PostgresStore(Store):
+class PostgresStore(WorkspaceArchives, Store):
     """``Store`` on a shared PostgreSQL database, with ownership leases per session.
 
     ``node`` names this daemon in the lease rows; ``lease_ttl`` and ``lease_renew``

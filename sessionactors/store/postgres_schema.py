@@ -3,16 +3,18 @@
 Created in one transaction on a fresh database under an advisory lock; ``sa_meta``
 records ``schema_version``, and ``MIGRATIONS[v]`` brings a database at version ``v`` to
 ``v + 1`` (1 -> 2: the node registry ``sa_nodes`` and an ``sa_append`` that takes over
-the sessions of a dead node and refuses the writes of a node that missed its heartbeats).
+the sessions of a dead node and refuses the writes of a node that missed its heartbeats; 2 -> 3: the workspace
+archives, ``postgres_archives.py``).
 """
 
 from __future__ import annotations
 
 from .leases import DEAD_HOLDER, LEASES_DDL, NODES_DDL
+from .postgres_archives import ARCHIVES_DDL
 
 __all__ = ["APP_MARKER", "DDL", "MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_MARKER = "sessionactors"
 _SCHEMA_LOCK = 0x5E55_AC70  # pg_advisory_xact_lock key while creating the tables
 
@@ -94,7 +96,8 @@ DDL = (
     "CREATE INDEX sa_leases_node ON sa_leases (node)",
     "CREATE TABLE sa_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     _APPEND_FUNCTION,
+    *ARCHIVES_DDL,
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: (NODES_DDL, _APPEND_FUNCTION)}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: (NODES_DDL, _APPEND_FUNCTION), 2: ARCHIVES_DDL}
 """Statements bringing a database from version ``key`` to ``key + 1``."""
