@@ -71,8 +71,13 @@ def managers(redis_server: RedisServer) -> Iterator[tuple[Any, Any, SignedJson]]
         srv.manager_initialized = True
         srv.manager.initialize()
     yield mgr_a, mgr_b, codec_b
+    threads = [t for t in threading.enumerate() if t.name != threading.current_thread().name]
     for mgr in (mgr_a, mgr_b):
-        mgr.redis.close()
+        mgr.close()
+    for thread in threads:  # the managers' listeners end once closed (no retry loop left)
+        if "_thread" in repr(getattr(thread, "_target", None)):
+            thread.join(30)
+            assert not thread.is_alive(), "a Redis listener outlived its manager"
 
 
 def test_forged_messages_are_dropped(

@@ -70,14 +70,53 @@ class SignedJson:
             log.warning("dropped %d Redis message(s) without a valid cluster-key signature", self.dropped)
 
 
+class _Stopped(BaseException):
+    """Ends a closed manager's listener thread (``SignedRedisManager._thread``)."""
+
+
 class SignedRedisManager(socketio.RedisManager):  # type: ignore[misc]
     """A RedisManager whose every message is signed and verified by ``codec`` (see module)."""
 
     def __init__(self, url: str, codec: SignedJson, **kwargs: Any) -> None:
         super().__init__(url, json=codec, **kwargs)
         self.codec = codec
+        self._closed = False
 
     def set_server(self, server: Any) -> None:
         """Attach to ``server`` but keep the signing codec (the base class resets it)."""
         super().set_server(server)
         self.json = self.codec
+
+    def _listen(self) -> Any:
+        for message in super()._listen():
+            if self._closed:
+                break
+            yield message
+        self._stop_listening()
+
+    def _redis_connect(self) -> None:
+        if self._closed:  # the listener's retry loop, after close
+            self._stop_listening()
+        super()._redis_connect()
+
+    def _stop_listening(self) -> None:
+        # A BaseException, caught by our ``_thread`` only: the base class's thread would log
+        # and loop on an Exception, and it has no way to stop.
+        for conn in (getattr(self, "pubsub", None), getattr(self, "redis", None)):
+            if conn is not None:
+                conn.close()
+        raise _Stopped
+
+    def _thread(self) -> None:
+        try:
+            super()._thread()
+        except _Stopped:
+            pass
+
+    def close(self) -> None:
+        """Stop the listener thread (woken by a message of our own), which closes the connections."""
+        self._closed = True
+        try:
+            self.redis.publish(self.channel, self.codec.dumps({"method": "noop"}))
+        except Exception as exc:  # Redis already gone: the thread stops at its next message
+            log.debug("closing the Redis manager: %s", exc)
