@@ -43,6 +43,19 @@ if ! command -v ip >/dev/null; then
         echo "tests/run.sh: ip (iproute2) is missing and this is not root: the partition tests will skip" >&2
     fi
 fi
+# The cluster's Redis tests start their own redis-server (tests/redis_harness.py): install
+# it when missing (as root, through apt-get), then stop the server the package starts, so
+# that none is left running. Never fails the run: without it those tests skip with the
+# reason, except in CI, where they fail.
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+            >/dev/null 2>&1 || echo "tests/run.sh: could not install redis-server" >&2
+        { command -v service >/dev/null && service redis-server stop; } >/dev/null 2>&1 || true
+    else
+        echo "tests/run.sh: redis-server is missing and this is not root: its tests will skip" >&2
+    fi
+fi
 if [ -x tests/install-sandbox.sh ]; then
     tests/install-sandbox.sh
 fi

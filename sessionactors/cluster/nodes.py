@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - an install without the dependency
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["NodeHeart", "NodeInfo", "list_nodes", "set_state"]
+__all__ = ["PLACEMENT_MARGIN", "NodeHeart", "NodeInfo", "choose_node", "list_nodes", "set_state"]
 
 log = logging.getLogger("sessionactors.cluster.nodes")
 
@@ -74,6 +74,28 @@ class NodeInfo:
         return self.state if self.state == "left" or self.alive else "dead"
 
 
+# A node keeps a new session itself unless another live node has more than this many fewer
+# sessions: moving a session costs a cross-node hop for its tabs, a small imbalance does not.
+PLACEMENT_MARGIN = 2
+
+
+def choose_node(
+    peers: list[NodeInfo], me: str, extra: dict[str, int] | None = None, margin: int = PLACEMENT_MARGIN
+) -> str | None:
+    """The node a new (or passivated) session should be activated on: the least-loaded node
+    that is alive and ``live`` (never a draining, left or dead one), ``me`` when its load is
+    within ``margin`` of that; None when no node can take it. ``extra`` adds the placements
+    made since the loads were read (they lag by up to a heartbeat), so a burst spreads."""
+    extra = extra or {}
+    load = {p.name: p.load + extra.get(p.name, 0) for p in peers if p.alive and p.state == "live"}
+    if not load:
+        return None
+    best = min(load, key=lambda n: (load[n], n))
+    if me in load and load[me] - load[best] <= margin:
+        return me
+    return best
+
+
 def _connect(url: str, timeout: float) -> Any:
     return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout)))
 
@@ -112,6 +134,7 @@ class NodeHeart(threading.Thread):
         self._db: Any = None
         self._registered = False
         self.failing = False
+        self._placed: dict[str, int] = {}  # placements since the last heartbeat, by node
 
     @property
     def fenced(self) -> bool:
@@ -148,6 +171,7 @@ class NodeHeart(threading.Thread):
         self.last_ok = sent
         self.state = str(row[0])
         self.peers = _read(self._db)
+        self._placed = {}  # the loads just read include them (or their sessions never began)
         if was_fenced or self.failing:
             log.warning("node %s: heartbeats resume", self.node)
         self.failing = False
@@ -164,6 +188,14 @@ class NodeHeart(threading.Thread):
         """The least-loaded other live node, to send clients to; None when there is none."""
         others = [p for p in self.peers if p.name != self.node and p.alive and p.state == "live"]
         return min(others, key=lambda p: (p.load, p.name)) if others else None
+
+    def place(self) -> str | None:
+        """Where a new session goes (``choose_node`` on the last heartbeat's registry, no
+        database call), counted so that the next placements before the next beat see it."""
+        chosen = choose_node(self.peers, self.node, self._placed)
+        if chosen is not None:
+            self._placed[chosen] = self._placed.get(chosen, 0) + 1
+        return chosen
 
     def address_of(self, node: str) -> str | None:
         return next((p.address for p in self.peers if p.name == node), None)

@@ -403,6 +403,15 @@ class PostgresStore(WorkspaceArchives, Store):
             found = dict(cur.fetchall())
         return [found[k] for k in ("token", "token.previous") if k in found]
 
+    def cluster_key(self, new_key: str) -> str:
+        """The cluster key that signs what crosses nodes outside Thespian (Redis messages):
+        ``new_key`` is stored when none is yet (first writer wins), the stored one answered."""
+        with self._tx(self._conn(), "reading the cluster key") as cur:
+            cur.execute("INSERT INTO sa_secrets VALUES ('cluster', %s) ON CONFLICT DO NOTHING", (new_key,))
+            cur.execute("SELECT value FROM sa_secrets WHERE name = 'cluster'")
+            row = cur.fetchone()
+        return str(row[0])
+
     def close(self) -> None:
         """Stop the renewal, close this process's connection; later calls raise. Idempotent."""
         self._closed = True
