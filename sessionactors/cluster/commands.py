@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from ..config import Config
 from ..errors import DaemonError
+from ..store.pgconnect import connect
 from .nodes import NodeInfo, list_nodes, set_state
 
 __all__ = ["COMMANDS", "add_arguments", "drain_cmd", "nodes_cmd", "nodes_table"]
@@ -77,7 +78,6 @@ def nodes_cmd(cfg: Config, as_json: bool) -> int:
 
 
 def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) -> int:
-    import psycopg
 
     url = _url(cfg)
     known = {n.name: n for n in _nodes(url)}
@@ -98,7 +98,7 @@ def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) ->
     if not wait:
         return 0
     started = time.monotonic()
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+    with connect(url) as db:
         while True:
             left = db.execute(_LIVE_LEASES, (node,)).fetchone()[0]  # type: ignore[index]
             if left == 0:
