@@ -170,3 +170,32 @@ def test_a_foreign_or_newer_database_is_refused(pg_url: str) -> None:
         db.execute("UPDATE sa_meta SET value = 'other' WHERE key = 'app'")
     with pytest.raises(StoreError, match="not sessionactors'"):
         PostgresStore(pg_url, node="n")
+
+
+def _tcp_settings(db: object) -> dict[str, str]:
+    keys = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+    info = db.pgconn.info  # type: ignore[attr-defined]
+    return {o.keyword.decode(): (o.val or b"").decode() for o in info if o.keyword.decode() in keys}
+
+
+def test_every_store_connection_bounds_a_silent_network(pg_url: str) -> None:
+    """A partition that drops packets must not hold an append or a heartbeat inside TCP for
+    minutes (measured with tests/test_cluster_partition.py's network namespaces): the
+    store's connection and the node heart's carry keepalives and a TCP user timeout."""
+    from sessionactors.cluster.nodes import NodeHeart
+
+    store = PostgresStore(pg_url, node="tcp-node")
+    heart = NodeHeart(pg_url, "tcp-node", "127.0.0.1:1", interval=1.0, timeout=6.0)
+    try:
+        expected = {
+            "keepalives": "1",
+            "keepalives_idle": "5",
+            "keepalives_interval": "2",
+            "keepalives_count": "3",
+        }
+        assert _tcp_settings(store._conn()) == {**expected, "tcp_user_timeout": "10000"}
+        heart.register()
+        assert _tcp_settings(heart._db) == {**expected, "tcp_user_timeout": "3000"}  # node_timeout / 2
+    finally:
+        heart._drop()
+        store.close()

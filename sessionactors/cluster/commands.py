@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from ..config import Config
 from ..errors import DaemonError
+from ..store.pgconnect import connect
 from .nodes import NodeInfo, list_nodes, set_state
 
 __all__ = ["COMMANDS", "add_arguments", "drain_cmd", "nodes_cmd", "nodes_table"]
@@ -82,7 +83,6 @@ _ARCHIVED = (  # the passivation archives the drain made (store/postgres_archive
 
 
 def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) -> int:
-    import psycopg
 
     url = _url(cfg)
     known = {n.name: n for n in _nodes(url)}
@@ -103,7 +103,7 @@ def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) ->
     if not wait:
         return 0
     started, since = time.monotonic(), time.time() - 1.0  # the node's clock may lag a little
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+    with connect(url) as db:
         while True:
             left = db.execute(_LIVE_LEASES, (node,)).fetchone()[0]  # type: ignore[index]
             if left == 0:

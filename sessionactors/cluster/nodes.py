@@ -30,6 +30,8 @@ try:
 except ImportError:  # pragma: no cover - an install without the dependency
     psycopg = None  # type: ignore[assignment]
 
+from ..store.pgconnect import connect
+
 __all__ = ["PLACEMENT_MARGIN", "NodeHeart", "NodeInfo", "choose_node", "list_nodes", "set_state"]
 
 log = logging.getLogger("sessionactors.cluster.nodes")
@@ -96,8 +98,8 @@ def choose_node(
     return best
 
 
-def _connect(url: str, timeout: float) -> Any:
-    return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout)))
+def _connect(url: str, timeout: float, user_timeout: float = 10.0) -> Any:
+    return connect(url, timeout, user_timeout)
 
 
 def _read(db: Any) -> list[NodeInfo]:
@@ -158,7 +160,9 @@ class NodeHeart(threading.Thread):
     def _beat(self, first: bool = False) -> None:
         sent = time.monotonic()
         if self._db is None or self._db.closed:
-            self._db = _connect(self.url, self.interval)
+            # A beat stuck on a silent network fails within half of node_timeout, so that
+            # the heart reconnects (and resumes soon after a heal) instead of waiting on TCP.
+            self._db = _connect(self.url, self.interval, self.timeout / 2)
         params = {"n": self.node, "a": self.address, "t": self.timeout}
         if first or not self._registered:
             self._db.execute(REGISTER_SQL, params)

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from ..errors import EventIdConflict, LeaseLost, QuotaExceeded, SchemaMismatch, StoreCorrupt, StoreError
 from . import leases as L
 from .base import RECORD_FIELDS, SessionRecord, Store, encode_record_field, record_from_row
+from .pgconnect import connect
 from .postgres_archives import WorkspaceArchives
 from .postgres_schema import _SCHEMA_LOCK, APP_MARKER, DDL, MIGRATIONS, SCHEMA_VERSION
 
@@ -110,7 +111,7 @@ class PostgresStore(WorkspaceArchives, Store):
     # -- connection --------------------------------------------------------
     def _connect(self) -> Any:
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            return connect(self.url)
         except psycopg.Error as exc:
             reason = " ".join(str(exc).split())  # libpq's message spans lines: one line here
             raise StoreError(f"cannot connect to the PostgreSQL store {self.where}: {reason}") from exc
@@ -288,7 +289,7 @@ class PostgresStore(WorkspaceArchives, Store):
     def _renew(self, held: dict[str, int]) -> set[str]:
         """The keeper's renewal, on a connection of its own (never the handle's)."""
         params = {"s": list(held), "e": list(held.values()), "n": self.node, "ttl": self.lease_ttl}
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as db:
+        with connect(self.url) as db:
             return {r[0] for r in db.execute(L.RENEW_SQL, params).fetchall()}
 
     def _start_keeper(self) -> None:
