@@ -71,9 +71,13 @@ class DaemonProcess:
             )
         return env
 
+    def argv_prefix(self) -> list[str]:
+        """What runs the daemon's command (nothing here; ``ip netns exec NAME`` in tests/netns.py)."""
+        return []
+
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "sessionactors.cli", "serve",
+            *self.argv_prefix(), sys.executable, "-m", "sessionactors.cli", "serve",
             "--data-dir", str(self.data_dir), "--port", str(self.port), "--admin-port", str(self.admin_port),
         ]  # fmt: skip
         self.log = open(self.log_path, "ab")

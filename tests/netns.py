@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import pytest
 
 from .cluster_harness import Node
-from .daemon_harness import wait_for
 from .pg_harness import PgServer, pg_unavailable
 
 __all__ = ["NsNode", "Partitioned", "netns_unavailable", "partitioned_fixture"]
@@ -120,19 +118,9 @@ class NsNode(Node):
         super().__init__(data_dir, host=net.client_ns, **options)
         self.net = net
 
-    def start(self) -> None:
-        """``DaemonProcess.start`` with the command run through ``ip netns exec``."""
-        argv = [
-            *self.net.exec_prefix(), sys.executable, "-m", "sessionactors.cli", "serve",
-            "--data-dir", str(self.data_dir), "--port", str(self.port), "--admin-port", str(self.admin_port),
-        ]  # fmt: skip
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            argv, env=self.env(), stdout=self.log, stderr=self.log, start_new_session=True
-        )
-        wait_for(self._healthy_or_dead, 60, f"daemon health ({self.log_path})")
-        assert self.proc.poll() is None, f"daemon exited: {self.log_path.read_text()[-3000:]}"
-        self.remember_pids()
+    def argv_prefix(self) -> list[str]:
+        """The daemon runs inside the namespace: ``ip netns exec NAME``."""
+        return list(self.net.exec_prefix())
 
 
 @pytest.fixture(name="partitioned")
