@@ -83,7 +83,6 @@ _ARCHIVED = (  # the passivation archives the drain made (store/postgres_archive
 
 
 def drain_cmd(cfg: Config, node: str, timeout: float, wait: bool, undo: bool) -> int:
-
     url = _url(cfg)
     known = {n.name: n for n in _nodes(url)}
     if node not in known:
