@@ -54,6 +54,9 @@ def _ephemeral_low() -> int:
 
 
 _RNG = random.Random()
+# Ports already handed out by this process: a free port is only bound later, so two calls in
+# a row could otherwise answer the same one (CI: a daemon given port == admin_port, 1 in ~12,800).
+_GIVEN: set[int] = set()
 
 
 def free_port() -> int:
@@ -66,11 +69,14 @@ def free_port() -> int:
     high = min(_ephemeral_low(), 32768)
     for _ in range(200):
         port = _RNG.randrange(20000, high)
+        if port in _GIVEN:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     raise RuntimeError(f"no free port found in 20000-{high}")
 
