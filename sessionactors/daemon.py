@@ -258,8 +258,12 @@ class Daemon(SupervisorRecovery):
         reply = self.ask_supervisor(Configure(self.cfg.to_json(), self.bridge_path), Configured, 30)
         if not isinstance(reply, Configured):
             raise DaemonError(f"the supervisor did not start (answer: {reply!r})")
-        if not self.ping_supervisor():
-            raise DaemonError("the supervisor did not answer its first ping")
+        # Retried: after a recovery the first answer to this handle can be a late one meant
+        # for the old supervisor (CI: a restart that gave up at once under load).
+        deadline = time.monotonic() + 10
+        while not self.ping_supervisor():
+            if time.monotonic() > deadline:
+                raise DaemonError("the supervisor did not answer its first ping within 10 s")
         log.info("supervisor ready (pid %d); %d stored session(s)", self.supervisor_pid, reply.sessions)
 
     def _wait_healthy(self) -> None:
