@@ -18,16 +18,31 @@ from .test_cluster_failover import kill_every_process, reinit
 
 
 def run(tab: Client, command: str) -> str:
-    """Run ``command`` in the session's shell; its whole output (exit code 0 asserted)."""
+    """Run ``command`` in the session's shell; its whole output (exit code 0 asserted).
+
+    Matched by the action's own id, not by position: a tab that just re-INITed may still be
+    receiving its replay, whose old observations must not be taken for this one's."""
     before = len(tab.events())
     tab.send({"action": "run", "args": {"command": command}})
-    done = tab.wait(
-        lambda fs: next((e for e in tab.events()[before:] if "exit_code" in e.get("extras", {})), None),
-        what=f"{command!r} to finish",
-    )
+
+    def finished(_: Any) -> dict[str, Any] | None:
+        events = tab.events()
+        mine = [
+            e
+            for e in events[before:]
+            if e.get("action") == "run" and e.get("args", {}).get("command") == command
+        ]
+        if not mine:
+            return None
+        return next(
+            (e for e in events if e.get("cause") == mine[-1]["id"] and "exit_code" in e.get("extras", {})),
+            None,
+        )
+
+    done = tab.wait(finished, what=f"{command!r} to finish")
     assert done["extras"]["exit_code"] == 0, done
     cause = done["cause"]
-    return "".join(e.get("content", "") for e in tab.events()[before:] if e.get("cause") == cause)
+    return "".join(e.get("content", "") for e in tab.events() if e.get("cause") == cause)
 
 
 def statuses(tab: Client, name: str) -> list[dict[str, Any]]:
